@@ -1,0 +1,122 @@
+"""The one settings object.
+
+Every tunable lives here, read from ``RAGSERVE_*`` environment variables, an optional ``.env``
+style file (``ragserve --config FILE``) or passed explicitly. Nothing else in the package reads the
+environment: callers build a :class:`Settings` once and pass it in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_root() -> Path:
+    return Path.home() / ".cache" / "ragserve"
+
+
+def _default_data_root() -> Path:
+    return Path.home() / ".local" / "share" / "ragserve"
+
+
+class Settings(BaseSettings):
+    """Effective configuration of one ragserve process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGSERVE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_root, description="Where collections are stored."
+    )
+    model_dir: Path = Field(
+        default_factory=lambda: _default_cache_root() / "models",
+        description="Persistent model cache (never /tmp).",
+    )
+    model_source_dir: Path | None = Field(
+        default=None,
+        description="Local directory tried first by `models pull` (a sub-directory per model).",
+    )
+    models_file: Path | None = Field(
+        default=None,
+        description="JSON file of extra user models; default <model_dir>/custom_models.json.",
+    )
+    hf_token: SecretStr | None = Field(default=None, description="Hugging Face token for pulls.")
+
+    # --- models ------------------------------------------------------------------------------
+    embedder: str = Field(default="bge-small-en-v1.5", description="Default embedder.")
+    reranker: str = Field(default="ms-marco-MiniLM-L-12-v2", description="Default reranker.")
+    reranker_load: Literal["lazy", "eager", "off"] = Field(
+        default="lazy", description="Load the reranker at start-up, on first use, or never."
+    )
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: cores).")
+    batch_tokens: int = Field(
+        default=8192, ge=256, description="Token budget of one embedding batch (batch x length)."
+    )
+    max_batch_size: int = Field(default=64, ge=1, description="Most texts in one model batch.")
+    rerank_max_length: int = Field(
+        default=256, ge=32, le=512, description="Tokens of query + passage given to the reranker."
+    )
+
+    # --- store -------------------------------------------------------------------------------
+    store: str = Field(default="sqlite", description="Store backend: sqlite or postgres.")
+    postgres_dsn: SecretStr | None = Field(default=None, description="DSN for the postgres store.")
+    exact_search_below: int = Field(
+        default=20_000, ge=0, description="Collections with fewer chunks use exact dense search."
+    )
+
+    # --- chunking ----------------------------------------------------------------------------
+    chunk_tokens: int = Field(default=256, ge=16, le=512, description="Chunk size in tokens.")
+    chunk_overlap: int = Field(default=32, ge=0, description="Overlap between chunks in tokens.")
+    max_document_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Largest file or record accepted."
+    )
+
+    # --- HTTP service ------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys; empty means no authentication."
+    )
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_documents_per_request: int = Field(default=1000, ge=1)
+    max_query_chars: int = Field(default=4096, ge=1)
+    max_top_k: int = Field(default=1000, ge=1)
+    max_inflight: int = Field(
+        default=64, ge=1, description="Model requests admitted at once; more get 429."
+    )
+
+    @field_validator("data_dir", "model_dir", "model_source_dir", "models_file")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def custom_models_path(self) -> Path:
+        return self.models_file or self.model_dir / "custom_models.json"
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with every secret replaced by ``***``."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = "***"
+            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                out[name] = ["***"] * len(value)
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out

@@ -1,0 +1,1 @@
+"""Models: catalog, persistent cache, ONNX runtime, embedders and rerankers."""

@@ -1,0 +1,174 @@
+"""Text embedders: the protocol every seam uses, and the ONNX implementation.
+
+Inference runs in three stages so a batcher can overlap them: ``tokenize`` (Rust tokenizers, GIL
+released), ``run`` (ONNX Runtime, GIL released) on length-sorted, dynamically padded batches under a
+token budget, and ``pool`` (CLS or masked mean, then L2 normalization).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Encoding, Tokenizer
+
+from ragserve.errors import InvalidInput
+from ragserve.models.cache import CachedModel
+from ragserve.models.catalog import Pooling
+from ragserve.models.runtime import SessionConfig, build_session, load_tokenizer
+
+Vectors = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into unit vectors of a fixed dimension."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors: ...
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors: ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets of every token of ``text`` (no special tokens, no truncation)."""
+        ...
+
+
+def check_text(text: object, what: str = "text") -> str:
+    """Refuse what is not valid Unicode text; everything else (empty, long) is accepted."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8 (it contains lone surrogates)") from None
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """Length-sorted batches of at most ``max_batch_size`` texts and ``batch_tokens`` tokens."""
+
+    batch_tokens: int = 8192
+    max_batch_size: int = 64
+
+    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        width = 0
+        for i in order:
+            w = max(width, lengths[i])
+            if current and (
+                len(current) >= self.max_batch_size or w * (len(current) + 1) > self.batch_tokens
+            ):
+                batches.append(current)
+                current, w = [], lengths[i]
+            current.append(i)
+            width = w
+        if current:
+            batches.append(current)
+        return batches
+
+
+def pad_batch(
+    encodings: Sequence[Encoding], pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Pad to the longest encoding of this batch (dynamic padding)."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    return ids, mask, types
+
+
+class OnnxEmbedder:
+    """An ONNX encoder model with its tokenizer, pooling and prefixes from the catalog spec."""
+
+    def __init__(
+        self,
+        model: CachedModel,
+        session_config: SessionConfig | None = None,
+        batching: Batching | None = None,
+    ) -> None:
+        spec = model.spec
+        self.spec = spec
+        self._session = build_session(model.onnx_path, session_config or SessionConfig())
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
+        self._tokenizer = load_tokenizer(model.tokenizer_path)
+        self._spans_tokenizer: Tokenizer = load_tokenizer(model.tokenizer_path)
+        self._tokenizer.enable_truncation(spec.max_length)
+        self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self.batching = batching or Batching()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dimension(self) -> int:
+        return self.spec.dimension
+
+    # ------------------------------------------------------------------ stages
+
+    def tokenize(self, texts: Sequence[str], *, query: bool) -> list[Encoding]:
+        prefix = self.spec.query_prefix if query else self.spec.document_prefix
+        checked = [prefix + check_text(t) for t in texts]
+        return list(self._tokenizer.encode_batch(checked, add_special_tokens=True))
+
+    def run(self, encodings: Sequence[Encoding]) -> Vectors:
+        """Run one padded batch and pool it."""
+        ids, mask, types = pad_batch(encodings, self._pad_id)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = types
+        (hidden,) = self._session.run([self._output], feeds)
+        return self.pool(np.asarray(hidden, dtype=np.float32), mask)
+
+    def pool(self, hidden: Vectors, mask: npt.NDArray[np.int64]) -> Vectors:
+        if hidden.ndim == 2:  # the model already pooled
+            pooled = hidden
+        elif self.spec.pooling is Pooling.CLS:
+            pooled = hidden[:, 0, :]
+        else:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        if self.spec.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.maximum(norms, 1e-12)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    # ------------------------------------------------------------------ API
+
+    def embed(self, texts: Sequence[str], *, query: bool) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        encodings = self.tokenize(texts, query=query)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for batch in self.batching.plan([len(e.ids) for e in encodings]):
+            out[batch] = self.run([encodings[i] for i in batch])
+        return out
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        return self.embed(texts, query=False)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        return self.embed(texts, query=True)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        enc = self._spans_tokenizer.encode(check_text(text), add_special_tokens=False)
+        return [(int(a), int(b)) for a, b in enc.offsets]

@@ -1,0 +1,83 @@
+"""Loads models from the cache (never from the network), once each, and times every load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ragserve.config import Settings
+from ragserve.models.cache import ModelCache
+from ragserve.models.catalog import Catalog, Kind
+from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder
+from ragserve.models.reranker import OnnxReranker, Reranker
+from ragserve.models.runtime import SessionConfig
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRecord:
+    name: str
+    kind: str
+    seconds: float
+
+
+@dataclass
+class ModelManager:
+    """The process's models. Thread-safe: concurrent first uses load a model once."""
+
+    catalog: Catalog
+    cache: ModelCache
+    session_config: SessionConfig = field(default_factory=SessionConfig)
+    batching: Batching = field(default_factory=Batching)
+    rerank_max_length: int = 256
+    verify_hashes: bool = True
+    loads: dict[str, LoadRecord] = field(default_factory=dict)
+    _embedders: dict[str, Embedder] = field(default_factory=dict)
+    _rerankers: dict[str, Reranker] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelManager:
+        return cls(
+            catalog=Catalog.load(settings.custom_models_path),
+            cache=model_cache(settings),
+            session_config=SessionConfig(threads=settings.effective_threads),
+            batching=Batching(settings.batch_tokens, settings.max_batch_size),
+            rerank_max_length=settings.rerank_max_length,
+        )
+
+    def embedder(self, name: str) -> Embedder:
+        spec = self.catalog.get(name, Kind.EMBEDDER)
+        with self._lock:
+            if spec.name not in self._embedders:
+                started = time.perf_counter()
+                cached = self.cache.verify(spec, full=self.verify_hashes)
+                self._embedders[spec.name] = OnnxEmbedder(
+                    cached, self.session_config, self.batching
+                )
+                self._record(spec.name, Kind.EMBEDDER, started)
+            return self._embedders[spec.name]
+
+    def reranker(self, name: str) -> Reranker:
+        spec = self.catalog.get(name, Kind.RERANKER)
+        with self._lock:
+            if spec.name not in self._rerankers:
+                started = time.perf_counter()
+                cached = self.cache.verify(spec, full=self.verify_hashes)
+                self._rerankers[spec.name] = OnnxReranker(
+                    cached, self.session_config, max_length=self.rerank_max_length
+                )
+                self._record(spec.name, Kind.RERANKER, started)
+            return self._rerankers[spec.name]
+
+    def is_loaded(self, name: str) -> bool:
+        spec = self.catalog.get(name)
+        return spec.name in self._embedders or spec.name in self._rerankers
+
+    def _record(self, name: str, kind: Kind, started: float) -> None:
+        self.loads[name] = LoadRecord(name, kind.value, time.perf_counter() - started)
+
+
+def model_cache(settings: Settings) -> ModelCache:
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    return ModelCache(settings.model_dir, source_dir=settings.model_source_dir, hf_token=token)
