@@ -9,13 +9,27 @@ JSONDict = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class Section:
+    """A span of a document's text with its place in the structure (for chunk metadata)."""
+
+    start: int
+    end: int
+    headings: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
-    """A document as given by the user, before chunking."""
+    """A document as given by the user (or parsed from a file), before chunking.
+
+    ``sections`` (optional) cover ``text`` in order; parsers fill them with headings and pages.
+    """
 
     id: str
     text: str
     title: str | None = None
     metadata: JSONDict = field(default_factory=dict)
+    sections: tuple[Section, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
