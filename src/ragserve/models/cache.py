@@ -114,11 +114,13 @@ class ModelCache:
         *,
         source_dir: Path | None = None,
         hf_token: str | None = None,
+        wheelhouse: Path | None = None,
         pip_command: tuple[str, ...] = (sys.executable, "-m", "pip"),
     ) -> None:
         self.root = root
         self.source_dir = source_dir
         self.hf_token = hf_token
+        self.wheelhouse = wheelhouse
         self.pip_command = pip_command
 
     def model_path(self, name: str) -> Path:
@@ -407,6 +409,7 @@ class ModelCache:
             "--quiet",
             "--dest",
             str(into),
+            *(("--no-index", "--find-links", str(self.wheelhouse)) if self.wheelhouse else ()),
             requirement,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

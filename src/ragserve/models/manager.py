@@ -80,4 +80,9 @@ class ModelManager:
 
 def model_cache(settings: Settings) -> ModelCache:
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    return ModelCache(settings.model_dir, source_dir=settings.model_source_dir, hf_token=token)
+    return ModelCache(
+        settings.model_dir,
+        source_dir=settings.model_source_dir,
+        hf_token=token,
+        wheelhouse=settings.wheelhouse,
+    )
