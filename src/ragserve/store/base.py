@@ -1,0 +1,237 @@
+"""The store contract: what every backend (embedded SQLite, PostgreSQL) offers, and the registry.
+
+A store holds *collections*; each is bound at creation to one embedder name and vector
+dimension. A collection holds documents (id, title, metadata, content hash) and their chunks
+(text, offsets, chunk metadata, one float32 vector each). Writes are per document and atomic.
+Searches return :class:`ScoredChunk`; higher scores are better within one search.
+
+Shared validation lives here so every backend rejects the same inputs with the same errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from ragserve.errors import InvalidInput
+from ragserve.filters import Filter
+from ragserve.types import Chunk, Document, JSONDict
+
+if TYPE_CHECKING:
+    from ragserve.config import Settings
+
+Vectors = npt.NDArray[np.float32]
+UpsertOutcome = Literal["created", "updated"]
+FilterArg = Filter | Mapping[str, Any] | None
+
+#: Largest ``k`` one store search accepts (the API has its own, smaller, ``max_top_k``).
+MAX_K = 10_000
+MAX_QUERY_CHARS = 16_384
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DOC_ID_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    embedder: str
+    dimension: int
+    created_at: float
+    documents: int = 0
+    chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as stored: no full text (its chunks carry it), plus bookkeeping."""
+
+    id: str
+    title: str | None
+    metadata: JSONDict
+    content_hash: str
+    created_at: float
+    updated_at: float
+    chunks: tuple[Chunk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredChunk:
+    """One chunk found by a search. ``score``: cosine similarity (dense) or -bm25 (lexical)."""
+
+    document_id: str
+    chunk_index: int
+    text: str
+    score: float
+    metadata: JSONDict = field(default_factory=dict)
+    chunk_metadata: JSONDict = field(default_factory=dict)
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.document_id}#{self.chunk_index}"
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Backend-independent store contract. Implementations are thread-safe."""
+
+    def create_collection(self, name: str, embedder: str, dimension: int) -> CollectionInfo:
+        """Create, or return the existing one if bound to the same embedder and dimension
+        (else :class:`~ragserve.errors.Conflict`)."""
+        ...
+
+    def list_collections(self) -> list[CollectionInfo]: ...
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        """With document and chunk counts; :class:`CollectionNotFound` if absent."""
+        ...
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def upsert_document(
+        self,
+        collection: str,
+        document: Document,
+        content_hash: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+    ) -> UpsertOutcome:
+        """Store ``document`` with exactly ``chunks`` (replacing older ones), all or nothing."""
+        ...
+
+    def get_document_hash(self, collection: str, document_id: str) -> str | None: ...
+
+    def get_document(self, collection: str, document_id: str) -> StoredDocument: ...
+
+    def delete_document(self, collection: str, document_id: str) -> None: ...
+
+    def dense_search(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]: ...
+
+    def lexical_search(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- shared validation
+
+
+def check_collection_name(name: object) -> str:
+    if not isinstance(name, str) or not _COLLECTION_NAME.match(name):
+        raise InvalidInput(
+            f"invalid collection name {name!r}: 1-64 characters, letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def check_document_id(doc_id: object) -> str:
+    if not isinstance(doc_id, str) or not doc_id or len(doc_id) > _DOC_ID_MAX:
+        raise InvalidInput(f"document id must be a non-empty string of at most {_DOC_ID_MAX}")
+    if "\x00" in doc_id:
+        raise InvalidInput("document id must not contain NUL characters")
+    return doc_id
+
+
+def check_k(k: object) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    return k
+
+
+def check_dimension(dimension: object) -> int:
+    if not isinstance(dimension, int) or isinstance(dimension, bool) or not 1 <= dimension <= 8192:
+        raise InvalidInput(f"dimension must be an integer between 1 and 8192, got {dimension!r}")
+    return dimension
+
+
+def check_query_vector(vector: object, dimension: int) -> Vectors:
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.shape[0] != dimension:
+        raise InvalidInput(
+            f"query vector must have dimension {dimension}, got shape {tuple(arr.shape)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput("query vector contains NaN or infinite values")
+    return np.ascontiguousarray(arr)
+
+
+def check_query_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput(f"query must be a string, got {type(text).__name__}")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"query is longer than {MAX_QUERY_CHARS} characters")
+    return text
+
+
+def check_upsert(
+    document: Document, chunks: Sequence[Chunk], vectors: object, dimension: int
+) -> Vectors:
+    """Validate one upsert; returns the vectors as a C-contiguous float32 matrix."""
+    check_document_id(document.id)
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape != (len(chunks), dimension):
+        raise InvalidInput(
+            f"vectors must have shape ({len(chunks)}, {dimension}) for {len(chunks)} chunks, "
+            f"got {tuple(arr.shape)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput("vectors contain NaN or infinite values")
+    seen: set[int] = set()
+    for chunk in chunks:
+        if chunk.document_id != document.id:
+            raise InvalidInput(
+                f"chunk {chunk.id!r} belongs to {chunk.document_id!r}, not {document.id!r}"
+            )
+        if chunk.index < 0 or chunk.index in seen:
+            raise InvalidInput(f"chunk indexes must be unique and >= 0 (got {chunk.index})")
+        seen.add(chunk.index)
+    return np.ascontiguousarray(arr)
+
+
+# --------------------------------------------------------------------------- registry
+
+StoreFactory = Callable[["Settings"], Store]
+
+#: Backends by name: ``"module:callable"`` taking :class:`Settings`, imported on first use so
+#: optional dependencies (psycopg) load only when that backend is chosen.
+BACKENDS: dict[str, str | StoreFactory] = {
+    "sqlite": "ragserve.store.sqlite:SqliteStore.from_settings",
+}
+
+
+def register_backend(name: str, factory: str | StoreFactory) -> None:
+    BACKENDS[name] = factory
+
+
+def backend_names() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def resolve_backend(name: str) -> StoreFactory:
+    entry = BACKENDS.get(name)
+    if entry is None:
+        raise InvalidInput(f"unknown store backend {name!r}; valid: {', '.join(backend_names())}")
+    if not isinstance(entry, str):
+        return entry
+    module_name, _, attr = entry.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    factory: StoreFactory = target
+    return factory
+
+
+def open_store(settings: Settings) -> Store:
+    """The store named by ``settings.store``."""
+    return resolve_backend(settings.store)(settings)

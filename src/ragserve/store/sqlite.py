@@ -1,0 +1,664 @@
+"""The embedded store: one SQLite database per data directory, FTS5 for BM25, an ANN index beside.
+
+Layout of ``data_dir``::
+
+    ragserve.db (+ -wal, -shm)   collections, documents, chunks (text, offsets, metadata, vector)
+                                 and one FTS5 table per collection (``fts_<id>``, external content)
+    ann/<id>.usearch, .json      HNSW index of a large collection + manifest (derived data)
+    ragserve.lock                held by the process that has the directory open
+
+One database (not one per collection) because collection create/delete is then one transaction,
+there is one file set to back up, and SQLite's single writer is not the ingest bottleneck
+(embedding is, by orders of magnitude). Per-collection FTS tables keep BM25 statistics
+(document frequencies, average length) per collection, as they must be.
+
+Durability: WAL, ``synchronous=FULL`` by default; every write is one ``BEGIN IMMEDIATE``
+transaction, so a document is either entirely there or not at all. The dense index is updated
+after the commit and saved on :meth:`SqliteStore.flush` / :meth:`SqliteStore.close`; at open a
+missing, stale or corrupt index file is rebuilt from the vectors in SQLite.
+
+Concurrency: writes take one lock and the writer connection; each reading thread has its own
+connection (WAL readers never block the writer). A ``flock`` on ``ragserve.lock`` stops a second
+process from opening the same directory, since each process keeps in-memory indexes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ragserve.errors import (
+    CollectionNotFound,
+    Conflict,
+    DocumentNotFound,
+    InvalidInput,
+    RagserveError,
+    Unavailable,
+)
+from ragserve.filters import coerce_filter
+from ragserve.store import sqlite_ann as ann
+from ragserve.store.base import (
+    CollectionInfo,
+    FilterArg,
+    ScoredChunk,
+    StoredDocument,
+    UpsertOutcome,
+    Vectors,
+    check_collection_name,
+    check_dimension,
+    check_document_id,
+    check_k,
+    check_query_text,
+    check_query_vector,
+    check_upsert,
+)
+from ragserve.store.sqlite_filters import to_sql
+from ragserve.types import Chunk, Document
+
+if TYPE_CHECKING:
+    from ragserve.config import Settings
+
+SCHEMA_VERSION = 1
+FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    embedder TEXT NOT NULL,
+    dimension INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+    doc_id TEXT NOT NULL,
+    title TEXT,
+    metadata TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (collection_id, doc_id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection_id INTEGER NOT NULL,
+    document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE (document_id, idx)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection_id);
+"""
+
+_HIT_SQL = (
+    "SELECT c.id, d.doc_id, c.idx, c.text, d.metadata, c.metadata FROM chunks c "
+    "JOIN documents d ON d.id = c.document_id WHERE c.id IN (SELECT value FROM json_each(?))"
+)
+
+# Dropped from lexical queries unless nothing else is left (Lucene's English stop set).
+_STOP = "a an and are as at be but by for if in into is it no not of on or such that the their"
+STOPWORDS = frozenset((_STOP + " then there these they this to was will with").split(" "))
+MAX_QUERY_TERMS = 64
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str) -> str:
+    """User text -> an FTS5 query that cannot be a syntax error: quoted terms joined by OR."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    kept = [w for w in words if w not in STOPWORDS] or words
+    return " OR ".join(f'"{w}"' for w in kept[:MAX_QUERY_TERMS])
+
+
+@dataclass(frozen=True, slots=True)
+class _Collection:
+    id: int
+    name: str
+    embedder: str
+    dimension: int
+    created_at: float
+    generation: int
+
+
+class SqliteStore:
+    """Embedded store (see the module docstring). Thread-safe."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        exact_search_below: int = 20_000,
+        ann_params: ann.AnnParams | None = None,
+        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.ann_dir = self.data_dir / "ann"
+        self.ann_dir.mkdir(parents=True, exist_ok=True)
+        self.exact_search_below = exact_search_below
+        self.ann_params = ann_params or ann.AnnParams()
+        self._synchronous = synchronous
+        self._lock_file = (self.data_dir / "ragserve.lock").open("a+")
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise Unavailable(f"{self.data_dir} is in use by another process") from None
+        self.path = self.data_dir / "ragserve.db"
+        self._write_lock = threading.RLock()
+        self._conns_lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._indexes: dict[int, ann.DenseIndex] = {}
+        self._saved_generation: dict[int, int] = {}
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective on a new file
+        self._writer.execute("PRAGMA journal_mode = WAL")
+        self._writer.executescript(_SCHEMA)
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        (version,) = self._writer.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if int(version) != SCHEMA_VERSION:
+            self.close()
+            raise Unavailable(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteStore:
+        return cls(settings.data_dir, exact_search_below=settings.exact_search_below)
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise Unavailable("the store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside ``BEGIN IMMEDIATE`` (caller holds the write lock)."""
+        if self._closed:
+            raise Unavailable("the store is closed")
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ collections
+
+    def _collection(self, conn: sqlite3.Connection, name: str) -> _Collection:
+        check_collection_name(name)
+        row = conn.execute(
+            "SELECT id, name, embedder, dimension, created_at, generation FROM collections "
+            "WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise CollectionNotFound(f"collection {name!r} does not exist")
+        return _Collection(*row)
+
+    def _info(self, conn: sqlite3.Connection, c: _Collection) -> CollectionInfo:
+        (docs,) = conn.execute(
+            "SELECT count(*) FROM documents WHERE collection_id = ?", (c.id,)
+        ).fetchone()
+        (chunks,) = conn.execute(
+            "SELECT count(*) FROM chunks WHERE collection_id = ?", (c.id,)
+        ).fetchone()
+        return CollectionInfo(c.name, c.embedder, c.dimension, c.created_at, docs, chunks)
+
+    def create_collection(self, name: str, embedder: str, dimension: int) -> CollectionInfo:
+        check_collection_name(name)
+        check_dimension(dimension)
+        if not isinstance(embedder, str) or not embedder:
+            raise InvalidInput("embedder must be a non-empty string")
+        with self._write_lock, self._transaction() as conn:
+            row = conn.execute(
+                "SELECT embedder, dimension FROM collections WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                if (row[0], row[1]) != (embedder, dimension):
+                    raise Conflict(
+                        f"collection {name!r} exists with embedder {row[0]!r} "
+                        f"(dimension {row[1]}), not {embedder!r} (dimension {dimension})"
+                    )
+            else:
+                cur = conn.execute(
+                    "INSERT INTO collections (name, embedder, dimension, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (name, embedder, dimension, time.time()),
+                )
+                conn.execute(
+                    f"CREATE VIRTUAL TABLE fts_{int(cur.lastrowid or 0)} USING fts5("
+                    f"text, content='chunks', content_rowid='id', tokenize='{FTS_TOKENIZER}')"
+                )
+            return self._info(conn, self._collection(conn, name))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        conn = self._reader()
+        rows = conn.execute(
+            "SELECT id, name, embedder, dimension, created_at, generation FROM collections "
+            "ORDER BY name"
+        ).fetchall()
+        return [self._info(conn, _Collection(*row)) for row in rows]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        conn = self._reader()
+        return self._info(conn, self._collection(conn, name))
+
+    def delete_collection(self, name: str) -> None:
+        with self._write_lock:
+            with self._transaction() as conn:
+                c = self._collection(conn, name)
+                conn.execute(f"DROP TABLE IF EXISTS fts_{c.id}")
+                conn.execute("DELETE FROM chunks WHERE collection_id = ?", (c.id,))
+                conn.execute("DELETE FROM documents WHERE collection_id = ?", (c.id,))
+                conn.execute("DELETE FROM collections WHERE id = ?", (c.id,))
+            self._indexes.pop(c.id, None)
+            self._saved_generation.pop(c.id, None)
+            for path in self._ann_paths(c.id):
+                path.unlink(missing_ok=True)
+            self._writer.execute("PRAGMA incremental_vacuum")
+
+    # ------------------------------------------------------------------ documents
+
+    def upsert_document(
+        self,
+        collection: str,
+        document: Document,
+        content_hash: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+    ) -> UpsertOutcome:
+        if not isinstance(content_hash, str) or not content_hash:
+            raise InvalidInput("content_hash must be a non-empty string")
+        with self._write_lock:
+            c = self._collection(self._writer, collection)
+            matrix = check_upsert(document, chunks, vectors, c.dimension)
+            metadata = _dumps(document.metadata, "document metadata")
+            chunk_rows = [
+                (ch.index, ch.text, ch.start, ch.end, _dumps(ch.metadata, "chunk metadata"))
+                for ch in chunks
+            ]
+            index = self._index(c)
+            now = time.time()
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT id FROM documents WHERE collection_id = ? AND doc_id = ?",
+                    (c.id, document.id),
+                ).fetchone()
+                if row is None:
+                    outcome: UpsertOutcome = "created"
+                    removed = np.zeros(0, dtype=np.int64)
+                    cur = conn.execute(
+                        "INSERT INTO documents (collection_id, doc_id, title, metadata, "
+                        "content_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (c.id, document.id, document.title, metadata, content_hash, now, now),
+                    )
+                    doc_row = int(cur.lastrowid or 0)
+                else:
+                    outcome, doc_row = "updated", int(row[0])
+                    removed = self._delete_chunks(conn, c.id, doc_row)
+                    conn.execute(
+                        "UPDATE documents SET title = ?, metadata = ?, content_hash = ?, "
+                        "updated_at = ? WHERE id = ?",
+                        (document.title, metadata, content_hash, now, doc_row),
+                    )
+                conn.executemany(
+                    "INSERT INTO chunks (collection_id, document_id, idx, text, start_char, "
+                    "end_char, metadata, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c.id, doc_row, *r, matrix[i].tobytes()) for i, r in enumerate(chunk_rows)],
+                )
+                by_index = dict(
+                    conn.execute(
+                        "SELECT idx, id FROM chunks WHERE document_id = ?", (doc_row,)
+                    ).fetchall()
+                )
+                added = np.array([by_index[ch.index] for ch in chunks], dtype=np.int64)
+                conn.execute(
+                    f"INSERT INTO fts_{c.id} (rowid, text) SELECT id, text FROM chunks "
+                    "WHERE document_id = ?",
+                    (doc_row,),
+                )
+                conn.execute(
+                    "UPDATE collections SET generation = generation + 1 WHERE id = ?", (c.id,)
+                )
+            self._apply(c, index, removed, added, matrix)
+            return outcome
+
+    def _delete_chunks(self, conn: sqlite3.Connection, cid: int, doc_row: int) -> ann.Keys:
+        rows = conn.execute(
+            "SELECT id, text FROM chunks WHERE document_id = ?", (doc_row,)
+        ).fetchall()
+        conn.executemany(
+            f"INSERT INTO fts_{cid} (fts_{cid}, rowid, text) VALUES ('delete', ?, ?)", rows
+        )
+        conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_row,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def get_document_hash(self, collection: str, document_id: str) -> str | None:
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        row = conn.execute(
+            "SELECT content_hash FROM documents WHERE collection_id = ? AND doc_id = ?",
+            (c.id, check_document_id(document_id)),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_document(self, collection: str, document_id: str) -> StoredDocument:
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        conn.execute("BEGIN")  # one snapshot for the document and its chunks
+        try:
+            row = conn.execute(
+                "SELECT id, doc_id, title, metadata, content_hash, created_at, updated_at "
+                "FROM documents WHERE collection_id = ? AND doc_id = ?",
+                (c.id, check_document_id(document_id)),
+            ).fetchone()
+            if row is None:
+                raise DocumentNotFound(f"document {document_id!r} not in {collection!r}")
+            chunk_rows = conn.execute(
+                "SELECT idx, text, start_char, end_char, metadata FROM chunks "
+                "WHERE document_id = ? ORDER BY idx",
+                (row[0],),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        chunks = tuple(
+            Chunk(row[1], idx, text, start, end, json.loads(meta))
+            for idx, text, start, end, meta in chunk_rows
+        )
+        return StoredDocument(row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], chunks)
+
+    def delete_document(self, collection: str, document_id: str) -> None:
+        check_document_id(document_id)
+        with self._write_lock:
+            c = self._collection(self._writer, collection)
+            index = self._index(c)
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT id FROM documents WHERE collection_id = ? AND doc_id = ?",
+                    (c.id, document_id),
+                ).fetchone()
+                if row is None:
+                    raise DocumentNotFound(f"document {document_id!r} not in {collection!r}")
+                removed = self._delete_chunks(conn, c.id, int(row[0]))
+                conn.execute("DELETE FROM documents WHERE id = ?", (row[0],))
+                conn.execute(
+                    "UPDATE collections SET generation = generation + 1 WHERE id = ?", (c.id,)
+                )
+            empty = np.zeros((0, c.dimension), dtype=np.float32)
+            self._apply(c, index, removed, np.zeros(0, dtype=np.int64), empty)
+
+    # ------------------------------------------------------------------ search
+
+    def dense_search(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        check_k(k)
+        node = coerce_filter(filter)
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        query = check_query_vector(vector, c.dimension)
+        index = self._index(c)
+        if node is None:
+            keys, scores = index.search(query, k)
+        else:
+            params: list[object] = [c.id]
+            where = to_sql(node, "d.metadata", params)
+            rows = conn.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                f"WHERE c.collection_id = ? AND {where}",
+                params,
+            ).fetchall()
+            allowed = np.array([r[0] for r in rows], dtype=np.int64)
+            if len(allowed) == 0:
+                return []
+            keys, scores = index.search_filtered(query, k, allowed, self.exact_search_below)
+        return self._hydrate(conn, keys.tolist(), scores.tolist())
+
+    def lexical_search(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        check_k(k)
+        match = fts_query(check_query_text(query_text))
+        node = coerce_filter(filter)
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        if not match:
+            return []
+        fts = f"fts_{c.id}"
+        params: list[object] = [match]
+        if node is None:
+            sql = f"SELECT rowid, -bm25({fts}) FROM {fts} WHERE {fts} MATCH ?"
+        else:
+            where = to_sql(node, "d.metadata", params)
+            sql = (
+                f"SELECT {fts}.rowid, -bm25({fts}) FROM {fts} "
+                f"JOIN chunks c ON c.id = {fts}.rowid JOIN documents d ON d.id = c.document_id "
+                f"WHERE {fts} MATCH ? AND {where}"
+            )
+        params.append(k)
+        try:
+            rows = conn.execute(f"{sql} ORDER BY bm25({fts}), 1 LIMIT ?", params).fetchall()
+        except sqlite3.OperationalError as exc:  # should not happen: the query is sanitized
+            raise RagserveError(f"lexical search failed: {exc}") from exc
+        return self._hydrate(conn, [r[0] for r in rows], [float(r[1]) for r in rows])
+
+    def _hydrate(
+        self, conn: sqlite3.Connection, keys: list[int], scores: list[float]
+    ) -> list[ScoredChunk]:
+        if not keys:
+            return []
+        found = {row[0]: row for row in conn.execute(_HIT_SQL, (json.dumps(keys),))}
+        out = []
+        for key, score in zip(keys, scores, strict=True):
+            row = found.get(key)
+            if row is not None:  # gone if deleted since the index was read
+                out.append(
+                    ScoredChunk(
+                        row[1], row[2], row[3], float(score), json.loads(row[4]), json.loads(row[5])
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ dense index upkeep
+
+    def _ann_paths(self, cid: int) -> tuple[Path, Path]:
+        return self.ann_dir / f"{cid}.usearch", self.ann_dir / f"{cid}.json"
+
+    def _index(self, c: _Collection) -> ann.DenseIndex:
+        index = self._indexes.get(c.id)
+        if index is not None:
+            return index
+        with self._write_lock:  # a stable database state while loading
+            index = self._indexes.get(c.id)
+            if index is None:
+                index = self._load_index(c.id, c.dimension)
+                self._indexes[c.id] = index
+            return index
+
+    def _state(self, cid: int) -> tuple[int, ann.Keys]:
+        (generation,) = self._writer.execute(
+            "SELECT generation FROM collections WHERE id = ?", (cid,)
+        ).fetchone()
+        keys = np.array(
+            [
+                r[0]
+                for r in self._writer.execute(
+                    "SELECT id FROM chunks WHERE collection_id = ? ORDER BY id", (cid,)
+                )
+            ],
+            dtype=np.int64,
+        )
+        return int(generation), keys
+
+    def _load_index(self, cid: int, dimension: int) -> ann.DenseIndex:
+        generation, keys = self._state(cid)
+        if len(keys) >= max(self.exact_search_below, 1):
+            loaded = self._open_ann(cid, dimension, generation, keys)
+            if loaded is not None:
+                self._saved_generation[cid] = generation
+                return ann.DenseIndex(dimension, loaded)
+        inner: ann.ExactIndex | ann.HnswIndex = ann.ExactIndex(dimension)
+        if len(keys) >= max(self.exact_search_below, 1):
+            inner = ann.HnswIndex(dimension, self.ann_params)
+        for batch_keys, batch in self._stored_vectors(cid, dimension):
+            inner.add(batch_keys, batch)
+        index = ann.DenseIndex(dimension, inner)
+        if index.is_ann:
+            self._save_index(cid, index)
+        return index
+
+    def _stored_vectors(
+        self, cid: int, dimension: int, batch: int = 20_000
+    ) -> Iterator[tuple[ann.Keys, Vectors]]:
+        last = -1
+        while True:
+            rows = self._writer.execute(
+                "SELECT id, vector FROM chunks WHERE collection_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (cid, last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            keys = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+            yield keys, vectors.reshape(len(rows), dimension)
+            last = int(keys[-1])
+
+    def _open_ann(
+        self, cid: int, dimension: int, generation: int, keys: ann.Keys
+    ) -> ann.HnswIndex | None:
+        """The saved index if its manifest matches the database and the file; else None."""
+        index_path, manifest_path = self._ann_paths(cid)
+        manifest = ann.Manifest.read(manifest_path)
+        if (
+            manifest is None
+            or not index_path.is_file()
+            or manifest.format_version != ann.MANIFEST_FORMAT
+            or manifest.library != ann.HnswIndex.library
+            or manifest.dimension != dimension
+            or manifest.count != len(keys)
+            or manifest.generation != generation
+            or manifest.keys_checksum != ann.keys_checksum(keys)
+            or manifest.file_sha256 != ann.file_sha256(index_path)
+        ):
+            return None
+        try:
+            loaded = ann.HnswIndex.load(index_path, dimension, self.ann_params)
+        except (RuntimeError, ValueError, OSError):
+            return None
+        return loaded if len(loaded) == len(keys) else None
+
+    def _save_index(self, cid: int, index: ann.DenseIndex) -> None:
+        """Persist an HNSW index with its manifest (caller holds the write lock)."""
+        if not isinstance(index.inner, ann.HnswIndex):
+            return
+        generation, keys = self._state(cid)
+        index_path, manifest_path = self._ann_paths(cid)
+        manifest_path.unlink(missing_ok=True)  # never a manifest describing a half-written file
+        with index.lock:
+            digest = index.inner.save(index_path)
+        ann.Manifest(
+            format_version=ann.MANIFEST_FORMAT,
+            library=ann.HnswIndex.library,
+            library_version=ann.library_version(),
+            dimension=index.dimension,
+            metric="cos",
+            count=len(keys),
+            generation=generation,
+            keys_checksum=ann.keys_checksum(keys),
+            file_sha256=digest,
+            connectivity=self.ann_params.connectivity,
+            expansion_add=self.ann_params.expansion_add,
+        ).write(manifest_path)
+        self._saved_generation[cid] = generation
+
+    def _apply(
+        self,
+        c: _Collection,
+        index: ann.DenseIndex,
+        removed: ann.Keys,
+        added: ann.Keys,
+        vectors: Vectors,
+    ) -> None:
+        """Mirror a committed write in the dense index (caller holds the write lock)."""
+        try:
+            index.apply(removed, added, vectors)
+            if not index.is_ann and len(index) >= max(self.exact_search_below, 1):
+                self._indexes[c.id] = self._load_index(c.id, c.dimension)  # grow into HNSW
+        except BaseException:
+            self._indexes.pop(c.id, None)  # derived data: reload from SQLite on next use
+            raise
+
+    def flush(self) -> None:
+        """Save every HNSW index changed since it was last saved."""
+        with self._write_lock:
+            for cid, index in list(self._indexes.items()):
+                (generation,) = self._writer.execute(
+                    "SELECT generation FROM collections WHERE id = ?", (cid,)
+                ).fetchone()
+                if index.is_ann and self._saved_generation.get(cid) != generation:
+                    self._save_index(cid, index)
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            with suppress(sqlite3.Error, OSError):
+                self.flush()
+            self._closed = True
+            with self._conns_lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
+            self._indexes.clear()
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+
+
+def _dumps(value: Any, what: str) -> str:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serializable: {exc}") from None

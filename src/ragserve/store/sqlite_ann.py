@@ -1,0 +1,306 @@
+"""In-memory dense indexes of the embedded store: exact (numpy) and HNSW (usearch).
+
+Both are *derived data*: SQLite holds every vector, so an index can always be rebuilt from it.
+A collection with fewer than ``exact_search_below`` chunks uses :class:`ExactIndex` (a matrix
+scan is exact and, at that size, about as fast as a graph walk). Larger ones use
+:class:`HnswIndex`, saved beside the database with a JSON :class:`Manifest` that ties the file
+to the database state it reflects (generation, chunk count, checksum of the keys) and to its own
+bytes (sha256). A manifest that does not match is a stale or corrupt index: it is rebuilt.
+
+Keys are the chunks' SQLite rowids (never reused: ``AUTOINCREMENT``). Vectors are L2-normalized
+on the way in, so scores are cosine similarities. The ANN library was chosen by measurement:
+see ``docs/store.md`` and ``python -m bench.store_bench --compare-libraries``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import usearch
+from usearch.index import Index
+
+Vectors = npt.NDArray[np.float32]
+Keys = npt.NDArray[np.int64]
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AnnParams:
+    """HNSW parameters (usearch names): graph degree and beam widths at build and query."""
+
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 96
+    threads: int = 0  # 0: all cores, for bulk builds
+
+
+def normalize(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def top_k(keys: Keys, scores: npt.NDArray[np.float32], k: int) -> tuple[Keys, Vectors]:
+    """The ``k`` best (key, score) pairs, best first; ties broken by key for determinism."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        keys, scores = keys[part], scores[part]
+    order = np.lexsort((keys, -scores))
+    return keys[order], scores[order]
+
+
+class ExactIndex:
+    """A growable matrix of unit vectors; removal swaps the last row into the hole."""
+
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self._matrix = np.zeros((0, dimension), dtype=np.float32)
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._pos: dict[int, int] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, keys: Keys, vectors: Vectors) -> None:
+        if len(keys) == 0:
+            return
+        self.remove(keys)
+        need = self._n + len(keys)
+        if need > len(self._keys):
+            cap = max(need, 2 * len(self._keys), 64)
+            matrix = np.zeros((cap, self.dimension), dtype=np.float32)
+            matrix[: self._n] = self._matrix[: self._n]
+            ids = np.zeros(cap, dtype=np.int64)
+            ids[: self._n] = self._keys[: self._n]
+            self._matrix, self._keys = matrix, ids
+        self._matrix[self._n : need] = normalize(vectors)
+        self._keys[self._n : need] = keys
+        for offset, key in enumerate(keys.tolist()):
+            self._pos[key] = self._n + offset
+        self._n = need
+
+    def remove(self, keys: Keys) -> None:
+        for key in keys.tolist():
+            pos = self._pos.pop(key, None)
+            if pos is None:
+                continue
+            last = self._n - 1
+            if pos != last:
+                moved = int(self._keys[last])
+                self._matrix[pos] = self._matrix[last]
+                self._keys[pos] = moved
+                self._pos[moved] = pos
+            self._n = last
+
+    def keys(self) -> Keys:
+        return self._keys[: self._n].copy()
+
+    def vectors(self, keys: Keys) -> tuple[Keys, Vectors]:
+        """The vectors of those ``keys`` that are present (and the keys kept, in order)."""
+        pos = [self._pos.get(k, -1) for k in keys.tolist()]
+        present = np.array([p >= 0 for p in pos], dtype=bool)
+        rows = np.array([p for p in pos if p >= 0], dtype=np.int64)
+        return keys[present], self._matrix[rows]
+
+    def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
+        scores = self._matrix[: self._n] @ query
+        return top_k(self._keys[: self._n], scores, k)
+
+
+class HnswIndex:
+    """usearch HNSW over inner product of unit vectors (score = 1 - distance = cosine)."""
+
+    library = "usearch"
+
+    def __init__(self, dimension: int, params: AnnParams, index: Index | None = None) -> None:
+        self.dimension = dimension
+        self.params = params
+        self._index = index or Index(
+            ndim=dimension,
+            metric="ip",
+            dtype="f32",
+            connectivity=params.connectivity,
+            expansion_add=params.expansion_add,
+            expansion_search=params.expansion_search,
+        )
+        self._set_expansion(params.expansion_search)
+
+    def _set_expansion(self, value: int) -> None:
+        self._index.expansion_search = value  # type: ignore[misc]  # the stub omits the setter
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, keys: Keys, vectors: Vectors) -> None:
+        if len(keys) == 0:
+            return
+        self.remove(keys)
+        self._index.add(keys.astype(np.uint64), normalize(vectors), threads=self.params.threads)
+
+    def remove(self, keys: Keys) -> None:
+        present = [k for k in keys.tolist() if self._index.contains(k)]
+        if present:
+            self._index.remove(np.asarray(present, dtype=np.uint64))
+
+    def vectors(self, keys: Keys) -> tuple[Keys, Vectors]:
+        present = np.array([self._index.contains(k) for k in keys.tolist()], dtype=bool)
+        kept = keys[present]
+        if len(kept) == 0:
+            return kept, np.zeros((0, self.dimension), dtype=np.float32)
+        got: Any = self._index.get(kept.astype(np.uint64), dtype="f32")
+        return kept, np.ascontiguousarray(np.stack(list(got)), dtype=np.float32)
+
+    def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
+        count = min(k, len(self._index))
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if count > self.params.expansion_search:
+            self._set_expansion(count)  # a beam narrower than k under-returns
+        try:
+            matches = self._index.search(query, count)
+        finally:
+            self._set_expansion(self.params.expansion_search)
+        keys = np.asarray(matches.keys, dtype=np.int64)
+        scores = 1.0 - np.asarray(matches.distances, dtype=np.float32)
+        return keys, scores.astype(np.float32)
+
+    def save(self, path: Path) -> str:
+        """Write atomically; returns the sha256 of the file."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        self._index.save(str(tmp))
+        digest = file_sha256(tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        return digest
+
+    @classmethod
+    def load(cls, path: Path, dimension: int, params: AnnParams) -> HnswIndex:
+        index = Index(ndim=dimension, metric="ip", dtype="f32")
+        index.load(str(path))
+        if index.ndim != dimension:
+            raise ValueError(f"index dimension {index.ndim} != {dimension}")
+        return cls(dimension, params, index)
+
+
+class DenseIndex:
+    """The dense index of one collection, exact or HNSW, behind one lock."""
+
+    def __init__(self, dimension: int, inner: ExactIndex | HnswIndex) -> None:
+        self.dimension = dimension
+        self.inner = inner
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    @property
+    def is_ann(self) -> bool:
+        return isinstance(self.inner, HnswIndex)
+
+    def apply(self, removed: Keys, added: Keys, vectors: Vectors) -> None:
+        with self.lock:
+            self.inner.remove(removed)
+            self.inner.add(added, vectors)
+
+    def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
+        with self.lock:
+            return self.inner.search(normalize(query[None, :])[0], k)
+
+    def search_within(self, query: Vectors, k: int, allowed: Keys) -> tuple[Keys, Vectors]:
+        """Exact search restricted to ``allowed`` keys (filtered search, no under-return)."""
+        with self.lock:
+            keys, vectors = self.inner.vectors(allowed)
+        if len(keys) == 0:
+            return keys, np.zeros(0, dtype=np.float32)
+        scores = vectors @ normalize(query[None, :])[0]
+        return top_k(keys, scores, k)
+
+    def search_filtered(
+        self, query: Vectors, k: int, allowed: Keys, exact_below: int
+    ) -> tuple[Keys, Vectors]:
+        """Filtered search that returns ``min(k, len(allowed))`` hits.
+
+        Small allowed sets (or an exact index) are scanned exactly. Otherwise the ANN is asked
+        for a growing number of candidates (starting at ``k / selectivity``, doubling) until
+        ``k`` allowed ones are found; when the candidate count reaches the index size the
+        allowed set is scanned exactly instead.
+        """
+        if not self.is_ann or len(allowed) <= exact_below:
+            return self.search_within(query, k, allowed)
+        total = max(len(self.inner), 1)
+        allowed_set = np.sort(allowed)
+        want = min(k, len(allowed))
+        count = int(k * total / len(allowed) * 2) + 10
+        while count < total:
+            keys, scores = self.search(query, count)
+            keep = np.isin(keys, allowed_set, assume_unique=True)
+            if int(keep.sum()) >= want:
+                return keys[keep][:k], scores[keep][:k]
+            count *= 2
+        return self.search_within(query, k, allowed)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an index file reflects. A mismatch with the database means: rebuild."""
+
+    format_version: int
+    library: str
+    library_version: str
+    dimension: int
+    metric: str
+    count: int
+    generation: int
+    keys_checksum: str
+    file_sha256: str
+    connectivity: int
+    expansion_add: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest | None:
+        try:
+            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**raw) if isinstance(raw, dict) else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(self.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+
+def keys_checksum(keys: Keys) -> str:
+    """Order-independent digest of a key set (sorted int64 bytes)."""
+    return hashlib.sha256(np.sort(keys.astype(np.int64)).tobytes()).hexdigest()[:32]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_version() -> str:
+    return str(getattr(usearch, "__version__", "unknown"))

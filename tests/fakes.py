@@ -1,0 +1,88 @@
+"""Fakes for the model seams: fast, deterministic, no model files.
+
+``FakeEmbedder`` hashes words into a small vector (texts sharing words are similar), so dense
+search behaves sensibly in tests. ``FakeReranker`` scores by query-word overlap, or by a table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def random_unit(n: int, dim: int, seed: int = 0) -> Vectors:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+class FakeEmbedder:
+    """Signed feature hashing of words, L2-normalized."""
+
+    def __init__(self, dimension: int = 64, name: str = "fake-embedder") -> None:
+        self._dimension = dimension
+        self._name = name
+        self.query_calls = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def _embed(self, text: str) -> Vectors:
+        v = np.zeros(self._dimension, dtype=np.float32)
+        for w in words(text):
+            h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+            v[h % self._dimension] += 1.0 if (h >> 32) & 1 else -1.0
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            v[0] = 1.0
+            norm = 1.0
+        return v / norm
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        return np.stack([self._embed(t) for t in texts]) if texts else self._empty()
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        self.query_calls += 1
+        return self.embed_documents(texts)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [(m.start(), m.end()) for m in _WORD.finditer(text)]
+
+    def _empty(self) -> Vectors:
+        return np.zeros((0, self._dimension), dtype=np.float32)
+
+
+class FakeReranker:
+    """Logit = number of query words in the passage, or ``table[passage]`` when given."""
+
+    def __init__(self, table: Mapping[str, float] | None = None, name: str = "fake-reranker"):
+        self._name = name
+        self.table = dict(table or {})
+        self.calls: list[tuple[str, list[str]]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def score(self, query: str, passages: Sequence[str]) -> Vectors:
+        self.calls.append((query, list(passages)))
+        q = set(words(query))
+        out = [
+            self.table[p] if p in self.table else float(len(q & set(words(p)))) for p in passages
+        ]
+        return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,422 @@
+"""The store contract, run over every backend (see conftest.STORE_FACTORIES)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragserve.errors import CollectionNotFound, Conflict, DocumentNotFound, InvalidInput
+from ragserve.filters import matches, parse_filter
+from ragserve.store.base import MAX_K, Store, backend_names, resolve_backend
+from ragserve.types import Chunk, Document
+from tests.fakes import random_unit
+
+DIM = 16
+
+
+def add(
+    store: Store,
+    doc_id: str,
+    texts: list[str],
+    vectors: np.ndarray | None = None,
+    metadata: dict[str, Any] | None = None,
+    collection: str = "c",
+    content_hash: str = "h1",
+) -> str:
+    doc = Document(id=doc_id, text=" ".join(texts), title=f"T {doc_id}", metadata=metadata or {})
+    chunks = [
+        Chunk(doc_id, i, t, start=i, end=i + len(t), metadata={"i": i}) for i, t in enumerate(texts)
+    ]
+    if vectors is None:
+        vectors = random_unit(len(texts), DIM, seed=abs(hash(doc_id)) % 10_000)
+    return store.upsert_document(collection, doc, content_hash, chunks, vectors)
+
+
+@pytest.fixture
+def coll(store: Store) -> Store:
+    store.create_collection("c", "fake", DIM)
+    return store
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def test_create_collection_is_idempotent_for_the_same_embedder(store: Store) -> None:
+    info = store.create_collection("c", "fake", DIM)
+    assert (info.name, info.embedder, info.dimension, info.documents, info.chunks) == (
+        "c",
+        "fake",
+        DIM,
+        0,
+        0,
+    )
+    again = store.create_collection("c", "fake", DIM)
+    assert again.created_at == info.created_at
+    assert [c.name for c in store.list_collections()] == ["c"]
+
+
+@pytest.mark.parametrize(("embedder", "dim"), [("other", DIM), ("fake", DIM + 1)])
+def test_create_collection_conflicts_with_another_embedder(
+    store: Store, embedder: str, dim: int
+) -> None:
+    store.create_collection("c", "fake", DIM)
+    with pytest.raises(Conflict):
+        store.create_collection("c", embedder, dim)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-x", ".x", "a/b", "a b", "x" * 65, "naïve", "a;drop", None, 3]
+)
+def test_invalid_collection_names_are_rejected(store: Store, name: Any) -> None:
+    with pytest.raises(InvalidInput):
+        store.create_collection(name, "fake", DIM)
+
+
+@pytest.mark.parametrize("dim", [0, -1, True, 1.5])
+def test_invalid_dimension_is_rejected(store: Store, dim: Any) -> None:
+    with pytest.raises(InvalidInput):
+        store.create_collection("c", "fake", dim)
+    assert store.list_collections() == []
+
+
+def test_list_get_and_delete_collections(store: Store) -> None:
+    store.create_collection("b", "fake", DIM)
+    store.create_collection("a.1", "fake", DIM)
+    add(store, "d1", ["one", "two"], collection="b")
+    add(store, "d2", ["three"], collection="b")
+    assert [c.name for c in store.list_collections()] == ["a.1", "b"]
+    info = store.get_collection("b")
+    assert (info.documents, info.chunks) == (2, 3)
+    store.delete_collection("b")
+    assert [c.name for c in store.list_collections()] == ["a.1"]
+    with pytest.raises(CollectionNotFound):
+        store.get_collection("b")
+    with pytest.raises(CollectionNotFound):
+        store.delete_collection("b")
+    store.create_collection("b", "other", DIM + 1)  # a fresh, empty collection
+    assert store.get_collection("b").chunks == 0
+    assert store.lexical_search("b", "one", 5) == []
+
+
+def test_operations_on_unknown_collection(store: Store) -> None:
+    v = random_unit(1, DIM)
+    with pytest.raises(CollectionNotFound):
+        store.get_collection("nope")
+    with pytest.raises(CollectionNotFound):
+        add(store, "d", ["x"], collection="nope")
+    with pytest.raises(CollectionNotFound):
+        store.get_document_hash("nope", "d")
+    with pytest.raises(CollectionNotFound):
+        store.get_document("nope", "d")
+    with pytest.raises(CollectionNotFound):
+        store.delete_document("nope", "d")
+    with pytest.raises(CollectionNotFound):
+        store.dense_search("nope", v[0], 3)
+    with pytest.raises(CollectionNotFound):
+        store.lexical_search("nope", "x", 3)
+
+
+def test_collections_are_isolated(store: Store) -> None:
+    store.create_collection("a", "fake", DIM)
+    store.create_collection("b", "fake", DIM)
+    add(store, "d", ["apples"], collection="a")
+    add(store, "d", ["bananas"], collection="b")
+    assert [h.text for h in store.lexical_search("a", "apples bananas", 5)] == ["apples"]
+    assert [h.text for h in store.dense_search("b", random_unit(1, DIM)[0], 5)] == ["bananas"]
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def test_upsert_get_and_hash(coll: Store) -> None:
+    assert coll.get_document_hash("c", "d1") is None
+    assert add(coll, "d1", ["alpha", "beta"], metadata={"year": 2020}) == "created"
+    assert coll.get_document_hash("c", "d1") == "h1"
+    doc = coll.get_document("c", "d1")
+    assert (doc.id, doc.title, doc.metadata, doc.content_hash) == (
+        "d1",
+        "T d1",
+        {"year": 2020},
+        "h1",
+    )
+    assert [(c.index, c.text, c.start, c.metadata) for c in doc.chunks] == [
+        (0, "alpha", 0, {"i": 0}),
+        (1, "beta", 1, {"i": 1}),
+    ]
+    assert doc.chunks[0].id == "d1#0"
+
+
+def test_upsert_replaces_old_chunks(coll: Store) -> None:
+    add(coll, "d1", ["alpha", "beta", "gamma"])
+    v = random_unit(1, DIM, seed=99)
+    assert add(coll, "d1", ["delta"], vectors=v, content_hash="h2") == "updated"
+    doc = coll.get_document("c", "d1")
+    assert [c.text for c in doc.chunks] == ["delta"]
+    assert doc.content_hash == "h2"
+    assert doc.updated_at >= doc.created_at
+    assert coll.lexical_search("c", "alpha beta gamma", 10) == []
+    hits = coll.dense_search("c", v[0], 10)
+    assert [(h.chunk_id, h.text) for h in hits] == [("d1#0", "delta")]
+    info = coll.get_collection("c")
+    assert (info.documents, info.chunks) == (1, 1)
+
+
+def test_document_without_chunks(coll: Store) -> None:
+    doc = Document(id="empty", text="")
+    assert coll.upsert_document("c", doc, "h", [], np.zeros((0, DIM), np.float32)) == "created"
+    assert coll.get_document("c", "empty").chunks == ()
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [
+        np.zeros((2, DIM + 1), np.float32),
+        np.zeros((3, DIM), np.float32),
+        np.zeros((DIM,), np.float32),
+        np.full((2, DIM), np.nan, np.float32),
+    ],
+)
+def test_bad_vectors_are_rejected_and_nothing_changes(coll: Store, vectors: np.ndarray) -> None:
+    add(coll, "d1", ["keep me"])
+    with pytest.raises(InvalidInput):
+        add(coll, "d1", ["new", "text"], vectors=vectors)
+    with pytest.raises(InvalidInput):
+        add(coll, "d2", ["new", "text"], vectors=vectors)
+    assert [c.text for c in coll.get_document("c", "d1").chunks] == ["keep me"]
+    assert coll.get_document_hash("c", "d2") is None
+    assert coll.get_collection("c").chunks == 1
+
+
+def test_bad_documents_are_rejected(coll: Store) -> None:
+    v = random_unit(1, DIM)
+    with pytest.raises(InvalidInput):  # chunk of another document
+        coll.upsert_document("c", Document(id="a", text="x"), "h", [Chunk("b", 0, "x")], v)
+    with pytest.raises(InvalidInput):  # duplicate chunk index
+        coll.upsert_document(
+            "c",
+            Document(id="a", text="x"),
+            "h",
+            [Chunk("a", 0, "x"), Chunk("a", 0, "y")],
+            random_unit(2, DIM),
+        )
+    with pytest.raises(InvalidInput):  # metadata that is not JSON
+        coll.upsert_document(
+            "c", Document(id="a", text="x", metadata={"x": object()}), "h", [Chunk("a", 0, "x")], v
+        )
+    with pytest.raises(InvalidInput):
+        coll.upsert_document("c", Document(id="", text="x"), "h", [Chunk("", 0, "x")], v)
+    with pytest.raises(InvalidInput):
+        coll.upsert_document("c", Document(id="a", text="x"), "", [Chunk("a", 0, "x")], v)
+    assert coll.get_collection("c").documents == 0
+
+
+def test_delete_document_removes_it_from_every_index(coll: Store) -> None:
+    v = random_unit(2, DIM, seed=5)
+    add(coll, "gone", ["zebra stripes", "zebra herd"], vectors=v)
+    add(coll, "kept", ["lion pride"])
+    coll.delete_document("c", "gone")
+    assert coll.get_document_hash("c", "gone") is None
+    with pytest.raises(DocumentNotFound):
+        coll.get_document("c", "gone")
+    assert coll.lexical_search("c", "zebra", 10) == []
+    assert all(h.document_id == "kept" for h in coll.dense_search("c", v[0], 10))
+    info = coll.get_collection("c")
+    assert (info.documents, info.chunks) == (1, 1)
+    with pytest.raises(DocumentNotFound):
+        coll.delete_document("c", "gone")
+    add(coll, "gone", ["zebra again"])  # the id can be reused
+    assert [h.document_id for h in coll.lexical_search("c", "zebra", 10)] == ["gone"]
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_dense_search_returns_nearest_chunks_with_their_data(coll: Store) -> None:
+    vectors = random_unit(30, DIM, seed=3)
+    for d in range(10):
+        add(
+            coll,
+            f"d{d}",
+            [f"text {d}-{i}" for i in range(3)],
+            vectors=vectors[3 * d : 3 * d + 3],
+            metadata={"n": d},
+        )
+    hits = coll.dense_search("c", vectors[7], 5)
+    assert len(hits) == 5
+    top = hits[0]
+    assert (top.document_id, top.chunk_index, top.chunk_id, top.text) == (
+        "d2",
+        1,
+        "d2#1",
+        "text 2-1",
+    )
+    assert top.metadata == {"n": 2} and top.chunk_metadata == {"i": 1}
+    assert top.score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    expected = np.argsort(-(vectors @ vectors[7]))[:5]
+    assert [int(h.document_id[1:]) * 3 + h.chunk_index for h in hits] == expected.tolist()
+    assert len(coll.dense_search("c", vectors[0], 100)) == 30  # k above the count: all
+
+
+def test_lexical_search_ranks_by_bm25_with_stemming(coll: Store) -> None:
+    add(coll, "a", ["The runner was running fast through the park"])
+    add(coll, "b", ["Quantum chromodynamics describes quarks"])
+    add(coll, "c", ["A park with trees"])
+    hits = coll.lexical_search("c", "runs", 10)
+    assert [h.document_id for h in hits] == ["a"]
+    hits = coll.lexical_search("c", "running in the park", 10)
+    assert [h.document_id for h in hits] == ["a", "c"]
+    assert hits[0].score > hits[1].score > 0
+    assert coll.lexical_search("c", "", 5) == []
+    assert coll.lexical_search("c", "   ?!  ", 5) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"unbalanced',
+        "AND",
+        "OR NOT",
+        "park*",
+        "(park",
+        "text: park",
+        "NEAR(park trees)",
+        "^park",
+        "-park",
+        "park AND",
+        "a'b",
+        "x\x00y",
+        "Ω ünïcödé",
+        "col:park OR",
+    ],
+)
+def test_lexical_search_never_raises_syntax_errors(coll: Store, query: str) -> None:
+    add(coll, "c", ["A park with trees and text"])
+    coll.lexical_search("c", query, 5)
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_K + 1, True, 2.5, "3"])
+def test_k_out_of_range_is_rejected(coll: Store, k: Any) -> None:
+    with pytest.raises(InvalidInput):
+        coll.dense_search("c", random_unit(1, DIM)[0], k)
+    with pytest.raises(InvalidInput):
+        coll.lexical_search("c", "x", k)
+
+
+@pytest.mark.parametrize("shape", [(DIM + 1,), (2, DIM), (DIM, 1), ()])
+def test_query_vector_of_wrong_dimension_is_rejected(coll: Store, shape: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidInput):
+        coll.dense_search("c", np.ones(shape, np.float32), 3)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"$foo": 1},
+        {"a": {"$bad": 1}},
+        {"a": None},
+        {"a b": 1},
+        {"a": {"$in": []}},
+        {"$or": {}},
+        [1],
+        "x",
+        {"a": {"$gt": True}},
+        {"a": {"$exists": 1}},
+        {"x')--": 1},
+    ],
+)
+def test_malformed_filter_is_rejected(coll: Store, bad: Any) -> None:
+    with pytest.raises(InvalidInput):
+        coll.dense_search("c", random_unit(1, DIM)[0], 3, bad)
+    with pytest.raises(InvalidInput):
+        coll.lexical_search("c", "x", 3, bad)
+
+
+# --------------------------------------------------------------------------- filters
+
+METAS: list[dict[str, Any]] = [
+    {"year": 2019, "kind": "paper", "tags": ["bio", "med"], "date": "2019-05-01", "n": 1.5},
+    {"year": 2020, "kind": "paper", "tags": ["bio"], "date": "2020-01-31T12:00:00"},
+    {"year": 2021, "kind": "note", "tags": [], "nested": {"a": 1}, "flag": True},
+    {"year": "2022", "kind": "note", "flag": False, "date": "2022-12-01"},
+    {"kind": "paper", "nested": {"a": 2, "b": "x"}, "n": 10},
+    {"year": 2023.0, "kind": "PAPER", "tags": "bio", "nested": 5},
+]
+
+FILTERS: list[dict[str, Any]] = [
+    {"kind": "paper"},
+    {"kind": {"$ne": "paper"}},
+    {"year": {"$gte": 2020}},
+    {"year": {"$gt": 2019, "$lt": 2023}},
+    {"year": {"$lte": 2021}},
+    {"year": 2023},
+    {"year": {"$in": [2019, "2022"]}},
+    {"year": {"$nin": [2019, 2020]}},
+    {"tags": "bio"},
+    {"tags": {"$in": ["med", "x"]}},
+    {"tags": {"$exists": True}},
+    {"tags": {"$exists": False}},
+    {"flag": True},
+    {"flag": False},
+    {"flag": {"$ne": True}},
+    {"date": {"$gte": "2020-01-01"}},
+    {"date": {"$lt": "2020-02-01"}},
+    {"nested.a": {"$gte": 2}},
+    {"nested.b": "x"},
+    {"nested": 5},
+    {"n": {"$gt": 1}},
+    {"$or": [{"kind": "note"}, {"year": {"$lt": 2020}}]},
+    {"$and": [{"kind": "paper"}, {"tags": {"$exists": True}}]},
+    {"kind": "paper", "year": {"$exists": True}},
+    {"$or": [{"$and": [{"kind": "note"}, {"flag": True}]}, {"nested.a": 2}]},
+    {},
+]
+
+
+@pytest.mark.parametrize("raw", FILTERS, ids=[str(f) for f in FILTERS])
+def test_filters_match_the_reference_semantics(coll: Store, raw: dict[str, Any]) -> None:
+    for i, meta in enumerate(METAS):
+        add(coll, f"d{i}", [f"common word {i}", f"common other {i}"], metadata=meta)
+    node = parse_filter(raw)
+    expected = {f"d{i}" for i, meta in enumerate(METAS) if matches(node, meta)}
+    dense = coll.dense_search("c", random_unit(1, DIM, seed=9)[0], 100, raw)
+    lexical = coll.lexical_search("c", "common", 100, raw)
+    assert {h.document_id for h in dense} == expected
+    assert {h.document_id for h in lexical} == expected
+    assert len(dense) == len(lexical) == 2 * len(expected)
+
+
+def test_filtered_search_does_not_under_return(coll: Store) -> None:
+    vectors = random_unit(600, DIM, seed=11)
+    for d in range(300):
+        add(
+            coll,
+            f"d{d}",
+            [f"shared {d} a", f"shared {d} b"],
+            vectors=vectors[2 * d : 2 * d + 2],
+            metadata={"rare": d % 37 == 0, "g": d % 3},
+        )
+    rare = {f"d{d}" for d in range(300) if d % 37 == 0}  # 9 documents, 18 chunks
+    for seed in range(5):
+        q = random_unit(1, DIM, seed=100 + seed)[0]
+        hits = coll.dense_search("c", q, 10, {"rare": True})
+        assert len(hits) == 10 and {h.document_id for h in hits} <= rare
+        scores = vectors @ q
+        allowed = [i for i in range(600) if (i // 2) % 37 == 0]
+        best = sorted(allowed, key=lambda i: -scores[i])[:10]
+        assert [int(h.document_id[1:]) * 2 + (h.chunk_index) for h in hits] == best
+        assert len(coll.dense_search("c", q, 50, {"rare": True})) == 18
+        assert len(coll.dense_search("c", q, 150, {"g": 1})) == 150
+        assert len(coll.lexical_search("c", "shared", 18, {"rare": True})) == 18
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_backend_registry_rejects_unknown_names_listing_valid_ones() -> None:
+    assert "sqlite" in backend_names()
+    with pytest.raises(InvalidInput, match="sqlite"):
+        resolve_backend("nosuch")
+    assert callable(resolve_backend("sqlite"))
