@@ -1,0 +1,267 @@
+"""Search modes, fusion, reranking and collapsing, with fake models over the real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ragserve.errors import CollectionNotFound, InvalidInput
+from ragserve.search import (
+    STAGES,
+    Searcher,
+    SearchRequest,
+    collapse_documents,
+    rerank_fuse,
+    rrf,
+)
+from ragserve.store.base import ScoredChunk
+from ragserve.store.sqlite import SqliteStore
+from ragserve.types import Chunk, Document
+from tests.fakes import FakeEmbedder, FakeReranker
+
+DOCS = {
+    "cats": ["Cats are small domesticated carnivorous mammals.", "A cat purrs and hunts mice."],
+    "dogs": ["Dogs are loyal domesticated animals descended from wolves."],
+    "python": ["Python is a programming language with dynamic typing."],
+    "rust": ["Rust is a systems programming language focused on memory safety."],
+    "sqlite": ["SQLite is an embedded database engine; FTS5 provides full-text search."],
+    "tea": ["Green tea is brewed from the leaves of Camellia sinensis."],
+}
+
+
+@pytest.fixture
+def embedder() -> FakeEmbedder:
+    return FakeEmbedder(dimension=64)
+
+
+@pytest.fixture
+def store(tmp_path: Path, embedder: FakeEmbedder) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "data")
+    s.create_collection("kb", embedder.name, embedder.dimension)
+    for i, (doc_id, texts) in enumerate(DOCS.items()):
+        chunks = [Chunk(doc_id, j, t) for j, t in enumerate(texts)]
+        s.upsert_document(
+            "kb",
+            Document(doc_id, " ".join(texts), metadata={"n": i, "animal": i < 2}),
+            f"h{i}",
+            chunks,
+            embedder.embed_documents(texts),
+        )
+    yield s
+    s.close()
+
+
+def chunk(doc: str, score: float = 0.0, index: int = 0) -> ScoredChunk:
+    return ScoredChunk(doc, index, f"text of {doc}", score)
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_rrf_sums_weighted_reciprocal_ranks() -> None:
+    dense = [chunk("a", 0.9), chunk("b", 0.8), chunk("c", 0.7)]
+    lexical = [chunk("c", 12.0), chunk("a", 3.0)]
+    fused = rrf([(dense, 1.0, "dense"), (lexical, 2.0, "lexical")], k=60)
+    by_id = {c.chunk.document_id: c for c in fused}
+    assert by_id["a"].score == pytest.approx(1 / 61 + 2 / 62)
+    assert by_id["c"].score == pytest.approx(1 / 63 + 2 / 61)
+    assert by_id["b"].score == pytest.approx(1 / 62)
+    assert [c.chunk.document_id for c in fused] == ["c", "a", "b"]
+    assert by_id["a"].scores == {"dense": 0.9, "lexical": 3.0, "fused": by_id["a"].score}
+
+
+def test_rrf_breaks_ties_deterministically() -> None:
+    fused = rrf([([chunk("b")], 1.0, "dense"), ([chunk("a")], 1.0, "lexical")], k=60)
+    assert [c.chunk.document_id for c in fused] == ["a", "b"]
+
+
+def test_rerank_fuse_combines_ranks_and_keeps_the_tail_below() -> None:
+    cands = rrf([([chunk(d) for d in "abcdef"], 1.0, "dense")], k=60)
+    # The reranker prefers c, then a, then b; d, e, f are not reranked.
+    # a: 1/11 + 1/12 beats c: 1/13 + 1/11; b: 1/12 + 1/13 comes last.
+    out = rerank_fuse(cands, [1.0, -5.0, 9.0], retrieval_weight=1.0, rerank_weight=1.0, k=10)
+    ids = [c.chunk.document_id for c in out]
+    assert ids[:3] == ["a", "c", "b"] and ids[3:] == ["d", "e", "f"]
+    assert out[0].score == pytest.approx(1 / 11 + 1 / 12)
+    scores = [c.score for c in out]
+    assert scores == sorted(scores, reverse=True)
+    assert (out[0].scores["rerank"], out[1].scores["rerank"]) == (1.0, 9.0)
+    # Retrieval weight 0: the reranker's order alone.
+    cands = rrf([([chunk(d) for d in "abc"], 1.0, "dense")], k=60)
+    out = rerank_fuse(cands, [1.0, 3.0, 2.0], retrieval_weight=0.0, rerank_weight=1.0, k=10)
+    assert [c.chunk.document_id for c in out] == ["b", "c", "a"]
+
+
+def test_rerank_fuse_agreeing_reranker_keeps_order() -> None:
+    cands = rrf([([chunk(d) for d in "abcd"], 1.0, "dense")], k=60)
+    out = rerank_fuse(cands, [4.0, 3.0, 2.0, 1.0], retrieval_weight=1.0, rerank_weight=1.0, k=10)
+    assert [c.chunk.document_id for c in out] == list("abcd")
+
+
+def test_collapse_keeps_the_best_chunk_per_document() -> None:
+    cands = rrf([([chunk("a", 0, 1), chunk("b"), chunk("a", 0, 0)], 1.0, "dense")], k=60)
+    assert [c.chunk.chunk_id for c in collapse_documents(cands)] == ["a#1", "b#0"]
+
+
+# --------------------------------------------------------------------------- searcher
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_each_mode_finds_the_obvious_document(
+    store: SqliteStore, embedder: FakeEmbedder, mode: Any
+) -> None:
+    result = Searcher(store, embedder).search(
+        "kb", SearchRequest("programming language memory safety", top_k=3, mode=mode)
+    )
+    assert result.hits[0].document_id == "rust"
+    assert [h.rank for h in result.hits] == list(range(1, len(result.hits) + 1))
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+    assert result.mode == mode and result.reranked is False
+    assert set(result.timings_ms) == set(STAGES)
+    assert all(v >= 0 for v in result.timings_ms.values())
+    hit = result.hits[0]
+    assert hit.chunk_id == "rust#0" and hit.metadata == {"n": 3, "animal": False}
+    assert hit.text.startswith("Rust is")
+
+
+def test_lexical_mode_does_not_embed(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    Searcher(store, embedder).search("kb", SearchRequest("tea", mode="lexical"))
+    assert embedder.query_calls == 0
+    # And needs no embedder at all.
+    hits = Searcher(store).search("kb", SearchRequest("tea", mode="lexical")).hits
+    assert hits[0].document_id == "tea"
+
+
+def test_hybrid_scores_carry_both_sides(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    hits = Searcher(store, embedder).search("kb", SearchRequest("green tea leaves")).hits
+    assert hits[0].document_id == "tea"
+    assert {"dense", "lexical", "fused"} <= set(hits[0].scores)
+
+
+def test_filter_applies_to_every_mode(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    searcher = Searcher(store, embedder)
+    for mode in ("dense", "lexical", "hybrid"):
+        req = SearchRequest(
+            "domesticated programming", top_k=10, mode=mode, filter={"animal": True}
+        )
+        docs = {h.document_id for h in searcher.search("kb", req).hits}
+        assert docs <= {"cats", "dogs"} and docs
+
+
+def test_collapse_returns_one_hit_per_document(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    searcher = Searcher(store, embedder)
+    plain = searcher.search("kb", SearchRequest("cat cats purrs mammals", top_k=10))
+    assert [h.document_id for h in plain.hits].count("cats") == 2
+    collapsed = searcher.search(
+        "kb", SearchRequest("cat cats purrs mammals", top_k=10, collapse=True)
+    )
+    ids = [h.document_id for h in collapsed.hits]
+    assert ids.count("cats") == 1 and len(ids) == len(set(ids))
+    assert [h.rank for h in collapsed.hits] == list(range(1, len(ids) + 1))
+
+
+def test_rerank_reorders_the_head_using_both_signals(
+    store: SqliteStore, embedder: FakeEmbedder
+) -> None:
+    tea = DOCS["tea"][0]
+    reranker = FakeReranker(table={tea: 100.0})
+    searcher = Searcher(store, embedder, reranker)
+    base = searcher.search("kb", SearchRequest("embedded database engine", top_k=6))
+    assert base.hits[0].document_id == "sqlite"
+    req = SearchRequest("embedded database engine", top_k=6, rerank=True, rerank_top_n=6)
+    result = searcher.search("kb", req)
+    assert result.reranked and result.timings_ms["rerank"] >= 0
+    assert reranker.calls and len(reranker.calls[0][1]) <= 6
+    ids = [h.document_id for h in result.hits]
+    assert "rerank" in result.hits[0].scores
+    # Tea jumps up the list but the strong retrieval evidence for sqlite is not discarded.
+    assert ids.index("tea") < [h.document_id for h in base.hits].index("tea")
+    assert ids[:2] in (["sqlite", "tea"], ["tea", "sqlite"])
+
+
+def test_rerank_passages_are_truncated(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    reranker = FakeReranker()
+    req = SearchRequest("tea", top_k=2, rerank=True, rerank_top_n=3, rerank_max_chars=5)
+    Searcher(store, embedder, reranker).search("kb", req)
+    assert all(len(p) <= 5 for p in reranker.calls[0][1])
+    assert len(reranker.calls[0][1]) == 3
+
+
+def test_model_functions_can_be_passed_per_call(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    reranker = FakeReranker()
+    result = Searcher(store).search(
+        "kb",
+        SearchRequest("tea", top_k=2, rerank=True),
+        embed=embedder.embed_queries,
+        rerank=reranker.score,
+    )
+    assert result.hits[0].document_id == "tea" and reranker.calls
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"mode": "fuzzy"},
+        {"top_k": 0},
+        {"top_k": 1001},
+        {"top_k": True},
+        {"dense_candidates": 0},
+        {"rerank_top_n": 0},
+        {"rrf_k": -1},
+        {"dense_weight": -1.0},
+        {"filter": {"$nope": 1}},
+        {"rerank": True},  # no reranker configured
+    ],
+)
+def test_invalid_requests_are_rejected(
+    store: SqliteStore, embedder: FakeEmbedder, changes: dict[str, Any]
+) -> None:
+    req = SearchRequest("tea", **changes)
+    with pytest.raises(InvalidInput):
+        Searcher(store, embedder).search("kb", req)
+
+
+def test_dense_without_embedder_is_rejected(store: SqliteStore) -> None:
+    with pytest.raises(InvalidInput):
+        Searcher(store).search("kb", SearchRequest("tea", mode="dense"))
+
+
+def test_unknown_collection(store: SqliteStore, embedder: FakeEmbedder) -> None:
+    with pytest.raises(CollectionNotFound):
+        Searcher(store, embedder).search("nope", SearchRequest("tea"))
+
+
+def test_empty_collection_returns_no_hits(tmp_path: Path, embedder: FakeEmbedder) -> None:
+    s = SqliteStore(tmp_path / "empty")
+    s.create_collection("e", embedder.name, embedder.dimension)
+    result = Searcher(s, embedder, FakeReranker()).search("e", SearchRequest("x", rerank=True))
+    assert result.hits == ()
+    s.close()
+
+
+@pytest.mark.slow
+def test_real_models_rank_the_relevant_passage_first(tmp_path: Path) -> None:
+    from ragserve.config import Settings
+    from ragserve.models.manager import ModelManager
+
+    settings = Settings()
+    models = ModelManager.from_settings(settings)
+    emb = models.embedder(settings.embedder)
+    s = SqliteStore(tmp_path / "real")
+    s.create_collection("kb", emb.name, emb.dimension)
+    for doc_id, texts in DOCS.items():
+        chunks = [Chunk(doc_id, j, t) for j, t in enumerate(texts)]
+        s.upsert_document(
+            "kb", Document(doc_id, " ".join(texts)), "h", chunks, emb.embed_documents(texts)
+        )
+    searcher = Searcher(s, emb, models.reranker(settings.reranker))
+    for mode in ("dense", "hybrid"):
+        for rerank in (False, True):
+            req = SearchRequest("which animal is related to wolves?", mode=mode, rerank=rerank)
+            assert searcher.search("kb", req).hits[0].document_id == "dogs"
+    assert np.isfinite(searcher.search("kb", SearchRequest("tea", rerank=True)).hits[0].score)
+    s.close()
