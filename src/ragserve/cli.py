@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from ragserve.config import Settings
 from ragserve.errors import RagserveError
 from ragserve.models.catalog import Catalog, Kind, Pooling, custom_spec, save_custom
 from ragserve.models.manager import model_cache
+
+if TYPE_CHECKING:
+    from ragserve.service import RetrievalService
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="ragserve: retrieval for RAG.")
 models_app = typer.Typer(no_args_is_help=True, help="Pull, list and register models.")
@@ -156,3 +159,116 @@ def models_register(
             console.print(f"{name}: cached ({_size(result.size_bytes)})")
     except RagserveError as exc:
         raise fail(exc) from None
+
+
+# ------------------------------------------------------------------------------ service commands
+
+collections_app = typer.Typer(no_args_is_help=True, help="Create, list, show, delete collections.")
+config_app = typer.Typer(no_args_is_help=True, help="Show the effective configuration.")
+app.add_typer(collections_app, name="collections")
+app.add_typer(config_app, name="config")
+
+
+def _service(load_models: bool = False) -> RetrievalService:
+    from ragserve.service import RetrievalService
+
+    try:
+        return RetrievalService.open(settings(), load_models=load_models)
+    except RagserveError as exc:
+        raise fail(exc) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (RAGSERVE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RAGSERVE_PORT).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP service (one process; models load in the background, see /readyz)."""
+    import uvicorn
+
+    from ragserve.api.app import create_app
+
+    s = settings()
+    if host is not None or port is not None:
+        s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=log_level, access_log=False)
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    console.print_json(data=settings().masked())
+
+
+@collections_app.command("create")
+def collections_create(
+    name: str,
+    embedder: Annotated[str | None, typer.Option(help="Embedder (default: configured).")] = None,
+) -> None:
+    """Create a collection bound to an embedder."""
+    svc = _service()
+    try:
+        info = svc.create_collection(name, embedder)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    console.print(f"collection {info.name} ({info.embedder}, {info.dimension}-d)")
+
+
+@collections_app.command("list")
+def collections_list() -> None:
+    """List collections with their document and chunk counts."""
+    svc = _service()
+    try:
+        table = Table(title="collections")
+        for col in ("name", "embedder", "dim", "documents", "chunks"):
+            table.add_column(col)
+        for c in svc.list_collections():
+            table.add_row(c.name, c.embedder, str(c.dimension), str(c.documents), str(c.chunks))
+        console.print(table)
+    finally:
+        svc.close()
+
+
+@collections_app.command("show")
+def collections_show(name: str) -> None:
+    """One collection's counts, as JSON."""
+    svc = _service()
+    try:
+        c = svc.get_collection(name)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    console.print_json(
+        data={
+            "name": c.name,
+            "embedder": c.embedder,
+            "dimension": c.dimension,
+            "documents": c.documents,
+            "chunks": c.chunks,
+        }
+    )
+
+
+@collections_app.command("delete")
+def collections_delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    """Delete a collection and everything in it."""
+    if not yes and not typer.confirm(f"delete collection {name} and all its documents?"):
+        raise typer.Exit(1)
+    svc = _service()
+    try:
+        svc.delete_collection(name)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    console.print(f"deleted {name}")
+
+
+if __name__ == "__main__":
+    app()

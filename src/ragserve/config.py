@@ -80,20 +80,27 @@ class Settings(BaseSettings):
     # --- chunking ----------------------------------------------------------------------------
     chunk_tokens: int = Field(default=256, ge=16, le=512, description="Chunk size in tokens.")
     chunk_overlap: int = Field(default=32, ge=0, description="Overlap between chunks in tokens.")
+    chunk_title_prefix: bool = Field(
+        default=True, description="Embed each chunk with its title and heading path before it."
+    )
     max_document_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="Largest file or record accepted."
     )
 
     # --- HTTP service ------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Interface `serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` binds.")
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Bearer keys; empty means no authentication."
     )
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_documents_per_request: int = Field(default=1000, ge=1)
-    max_query_chars: int = Field(default=4096, ge=1)
-    max_top_k: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest request body."
+    )
+    max_documents_per_request: int = Field(
+        default=1000, ge=1, description="Most documents (or inputs) in one request."
+    )
+    max_query_chars: int = Field(default=4096, ge=1, description="Longest query.")
+    max_top_k: int = Field(default=1000, ge=1, description="Largest `top_k`.")
     max_inflight: int = Field(
         default=64, ge=1, description="Model requests admitted at once; more get 429."
     )

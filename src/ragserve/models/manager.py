@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ragserve.config import Settings
 from ragserve.models.cache import ModelCache
-from ragserve.models.catalog import Catalog, Kind
+from ragserve.models.catalog import Catalog, Kind, ModelSpec
 from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder
 from ragserve.models.reranker import OnnxReranker, Reranker
 from ragserve.models.runtime import SessionConfig
@@ -69,6 +70,16 @@ class ModelManager:
                 )
                 self._record(spec.name, Kind.RERANKER, started)
             return self._rerankers[spec.name]
+
+    def provide(self, spec: ModelSpec, instance: Embedder | Reranker) -> None:
+        """Register an already-built model under ``spec`` (programs embedding ragserve, tests)."""
+        with self._lock:
+            self.catalog = Catalog([*(s for s in self.catalog if s.name != spec.name), spec])
+            target: dict[str, Any] = (
+                self._embedders if spec.kind is Kind.EMBEDDER else self._rerankers
+            )
+            target[spec.name] = instance
+            self.loads[spec.name] = LoadRecord(spec.name, spec.kind.value, 0.0)
 
     def is_loaded(self, name: str) -> bool:
         spec = self.catalog.get(name)

@@ -1,0 +1,182 @@
+"""Shared benchmark helpers: real server processes on loopback, memory, the load generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_DIR = ROOT.parent / "shared" / "eval" / "scifact"
+OUT = ROOT / "bench" / "out"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {model}, Python {sys.version.split()[0]}"
+
+
+def median_spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "runs": len(values),
+    }
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    ready_seconds: float
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.proc.pid)
+
+
+@contextmanager
+def server(
+    command: Sequence[str],
+    env: dict[str, str],
+    *,
+    ready_path: str = "/readyz",
+    timeout: float = 120.0,
+    log: Path | None = None,
+) -> Iterator[Server]:
+    """Start ``command`` (which must listen on ``env['PORT']``), wait for ready, stop it after."""
+    port = env["PORT"]
+    url = f"http://127.0.0.1:{port}"
+    out = log.open("wb") if log else subprocess.DEVNULL
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        list(command), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        ready = None
+        with httpx.Client(timeout=1.0) as client:
+            while time.perf_counter() - started < timeout:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}: {command}")
+                try:
+                    if client.get(url + ready_path).status_code == 200:
+                        ready = time.perf_counter() - started
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.01)
+        if ready is None:
+            raise RuntimeError(f"server not ready after {timeout} s: {command}")
+        yield Server(proc, url, ready)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def ragserve_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ragserve.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+
+def loadgen(
+    url: str, bodies: list[dict[str, Any]], *, concurrency: int, requests: int, seconds: float
+) -> dict[str, Any]:
+    """Run the load generator in its own process and return its JSON summary."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bodies-{os.getpid()}.jsonl"
+    path.write_text("\n".join(json.dumps(b) for b in bodies))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            url,
+            "--bodies",
+            str(path),
+            "--concurrency",
+            str(concurrency),
+            "--requests",
+            str(requests),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def scifact_docs(limit: int | None = None) -> list[dict[str, str]]:
+    """SciFact corpus records as ragserve documents (title + " " + text, the BEIR protocol)."""
+    docs = []
+    with (EVAL_DIR / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            docs.append({"id": str(rec["_id"]), "text": f"{rec['title']} {rec['text']}".strip()})
+            if limit and len(docs) >= limit:
+                break
+    return docs
+
+
+def scifact_test_queries() -> list[str]:
+    qrels = {
+        line.split("\t")[0]
+        for line in (EVAL_DIR / "qrels" / "test.tsv").read_text().splitlines()[1:]
+        if line.strip()
+    }
+    out = []
+    with (EVAL_DIR / "queries.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if str(rec["_id"]) in qrels:
+                out.append(rec["text"])
+    return out

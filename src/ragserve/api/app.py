@@ -1,0 +1,90 @@
+"""The FastAPI application factory.
+
+Start-up never blocks on models: the lifespan opens the store and loads models in a background
+thread, ``/healthz`` answers at once, and ``/readyz`` turns 200 when everything is loaded (503 with
+the reason until then, or for good when a model is missing from the cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from ragserve import __version__
+from ragserve.api.errors import install_error_handlers
+from ragserve.api.middleware import BodyLimitMiddleware
+from ragserve.api.routes import collections_router, health_router, models_router
+from ragserve.config import Settings
+from ragserve.errors import RagserveError
+from ragserve.service import RetrievalService
+
+log = logging.getLogger("ragserve.api")
+
+
+@dataclass
+class Readiness:
+    """What /readyz reports; written by the loader thread, read by requests."""
+
+    ready: bool = False
+    reason: str = "starting"
+    failed: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    service: RetrievalService | None = None
+
+
+def _load(settings: Settings, state: Readiness, service: RetrievalService | None) -> None:
+    try:
+        if service is None:
+            state.reason = "opening the store and loading models"
+            service = RetrievalService.open(settings, load_models=False)
+            state.service = service
+        state.reason = "loading models"
+        service.load_models()
+        state.ready, state.reason = True, "ready"
+        log.info("ready in %.2f s", time.perf_counter() - state.started)
+    except RagserveError as exc:
+        state.failed, state.reason = True, exc.message if exc.public else "start-up failed"
+        log.error("start-up failed: %s", exc)
+
+
+def create_app(
+    settings: Settings | None = None, service: RetrievalService | None = None
+) -> FastAPI:
+    """Build the app. Pass ``service`` to serve an existing core (tests, embedding in a program)."""
+    settings = settings or (service.settings if service else Settings())
+    state = Readiness(service=service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = threading.Thread(
+            target=_load, args=(settings, state, service), name="ragserve-loader", daemon=True
+        )
+        loader.start()
+        try:
+            yield
+        finally:
+            loader.join(timeout=60)
+            if state.service is not None and service is None:
+                state.service.close()
+
+    app = FastAPI(
+        title="ragserve",
+        version=__version__,
+        summary="Hybrid BM25 + dense retrieval with int8 ONNX models on CPU.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.readiness = state
+    app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(collections_router)
+    app.include_router(models_router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,340 @@
+"""HTTP routes: thin translations between JSON and :class:`~ragserve.service.RetrievalService`."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from ragserve.api import schemas as s
+from ragserve.api.auth import require_key
+from ragserve.errors import InvalidInput, PayloadTooLarge, Unavailable
+from ragserve.ingest.sources import IngestFailure, iter_bytes
+from ragserve.models.reranker import sigmoid
+from ragserve.search import SearchRequest
+from ragserve.service import RetrievalService, document_id_for
+from ragserve.store.base import CollectionInfo
+from ragserve.types import Document
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorResponse, "description": text}
+    for code, text in {
+        401: "Missing or invalid API key",
+        404: "Not found",
+        409: "Conflict",
+        413: "Payload too large",
+        422: "Invalid request",
+        429: "Too much work in flight (see Retry-After)",
+        503: "Not ready",
+    }.items()
+}
+
+
+def service(request: Request) -> RetrievalService:
+    state = request.app.state.readiness
+    if not state.ready or state.service is None:
+        raise Unavailable(f"not ready: {state.reason}")
+    svc: RetrievalService = state.service
+    return svc
+
+
+Service = Annotated[RetrievalService, Depends(service)]
+
+health_router = APIRouter(tags=["health"])
+collections_router = APIRouter(
+    prefix="/v1/collections",
+    tags=["collections"],
+    dependencies=[Depends(require_key)],
+    responses=_ERRORS,
+)
+models_router = APIRouter(
+    prefix="/v1", tags=["models"], dependencies=[Depends(require_key)], responses=_ERRORS
+)
+
+
+# ------------------------------------------------------------------------------ health
+
+
+@health_router.get("/healthz", operation_id="healthz", response_model=s.Health)
+def healthz() -> s.Health:
+    """Liveness: the process answers."""
+    return s.Health(status="ok")
+
+
+@health_router.get(
+    "/readyz",
+    operation_id="readyz",
+    response_model=s.Readiness,
+    responses={503: {"model": s.Readiness, "description": "Not ready, with the reason"}},
+)
+def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 once the models are loaded and the store is open; 503 with the reason."""
+    state = request.app.state.readiness
+    loads = {}
+    if state.service is not None:
+        loads = {name: rec.seconds for name, rec in state.service.models.loads.items()}
+    body = s.Readiness(
+        status="ready" if state.ready else "not_ready",
+        reason=None if state.ready else state.reason,
+        models=loads,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+
+# ------------------------------------------------------------------------------ collections
+
+
+def _collection(info: CollectionInfo) -> s.Collection:
+    return s.Collection(
+        name=info.name,
+        embedder=info.embedder,
+        dimension=info.dimension,
+        documents=info.documents,
+        chunks=info.chunks,
+    )
+
+
+@collections_router.post(
+    "", operation_id="create_collection", response_model=s.Collection, status_code=201
+)
+def create_collection(body: s.CollectionCreate, svc: Service) -> s.Collection:
+    """Create a collection bound to an embedder (idempotent for the same embedder)."""
+    return _collection(svc.create_collection(body.name, body.embedder))
+
+
+@collections_router.get("", operation_id="list_collections", response_model=s.CollectionList)
+def list_collections(svc: Service) -> s.CollectionList:
+    return s.CollectionList(collections=[_collection(c) for c in svc.list_collections()])
+
+
+@collections_router.get("/{name}", operation_id="get_collection", response_model=s.Collection)
+def get_collection(name: str, svc: Service) -> s.Collection:
+    return _collection(svc.get_collection(name))
+
+
+@collections_router.delete("/{name}", operation_id="delete_collection", status_code=204)
+def delete_collection(name: str, svc: Service) -> Response:
+    svc.delete_collection(name)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------------ documents
+
+_DOCUMENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": s.DocumentsIn.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["files"],
+                }
+            },
+        },
+    }
+}
+
+
+async def _documents_from_request(
+    request: Request, svc: RetrievalService
+) -> list[Document | IngestFailure]:
+    settings = svc.settings
+    content_type = request.headers.get("content-type", "")
+    items: list[Document | IngestFailure] = []
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=settings.max_documents_per_request) as form:
+            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not uploads:
+                raise InvalidInput("multipart body has no files")
+            for upload in uploads:
+                data = await upload.read()
+                name = upload.filename or "upload"
+                limit = settings.max_document_bytes
+                items.extend(iter_bytes(data, name, upload.content_type, max_bytes=limit))
+                if len(items) > settings.max_documents_per_request:
+                    raise PayloadTooLarge(
+                        f"more than {settings.max_documents_per_request} documents in one request"
+                    )
+        return items
+    if not content_type.startswith("application/json"):
+        raise InvalidInput("send application/json or multipart/form-data")
+    try:
+        body = s.DocumentsIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
+    if len(body.documents) > settings.max_documents_per_request:
+        raise PayloadTooLarge(
+            f"{len(body.documents)} documents in one request; the limit is "
+            f"{settings.max_documents_per_request}"
+        )
+    for d in body.documents:
+        items.append(
+            Document(
+                id=d.id or document_id_for(d.text), text=d.text, title=d.title, metadata=d.metadata
+            )
+        )
+    return items
+
+
+@collections_router.post(
+    "/{name}/documents",
+    operation_id="add_documents",
+    response_model=s.DocumentsOut,
+    openapi_extra=_DOCUMENTS_BODY,
+)
+async def add_documents(name: str, request: Request, svc: Service) -> s.DocumentsOut:
+    """Add or update documents (JSON records or uploaded files); one result per document."""
+    items = await _documents_from_request(request, svc)
+    results = await run_in_threadpool(svc.ingest, name, items)
+    return s.DocumentsOut(
+        results=[
+            s.DocumentResult(id=r.id, status=r.status, chunks=r.chunks, error=r.error)
+            for r in results
+        ]
+    )
+
+
+@collections_router.get(
+    "/{name}/documents/{document_id}", operation_id="get_document", response_model=s.DocumentOut
+)
+def get_document(name: str, document_id: str, svc: Service) -> s.DocumentOut:
+    doc = svc.get_document(name, document_id)
+    return s.DocumentOut(
+        id=doc.id,
+        title=doc.title,
+        metadata=doc.metadata,
+        content_hash=doc.content_hash,
+        chunks=[
+            s.ChunkOut(
+                chunk_id=c.id,
+                index=c.index,
+                text=c.text,
+                start=c.start,
+                end=c.end,
+                metadata=c.metadata,
+            )
+            for c in doc.chunks
+        ],
+    )
+
+
+@collections_router.delete(
+    "/{name}/documents/{document_id}", operation_id="delete_document", status_code=204
+)
+def delete_document(name: str, document_id: str, svc: Service) -> Response:
+    svc.delete_document(name, document_id)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------------ search
+
+
+@collections_router.post("/{name}/search", operation_id="search", response_model=s.SearchOut)
+def search(name: str, body: s.SearchIn, svc: Service) -> s.SearchOut:
+    """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
+    result = svc.search(
+        name,
+        SearchRequest(
+            query=body.query,
+            top_k=body.top_k,
+            mode=body.mode,
+            rerank=body.rerank,
+            rerank_top_n=body.rerank_top_n,
+            filter=body.filter,
+            collapse=body.collapse,
+        ),
+    )
+    return s.SearchOut(
+        results=[
+            s.SearchHit(
+                document_id=h.document_id,
+                chunk_id=h.chunk_id,
+                text=h.text,
+                score=h.score,
+                rank=h.rank,
+                metadata=h.metadata,
+            )
+            for h in result.hits
+        ],
+        timings_ms=result.timings_ms,
+    )
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@models_router.post("/embeddings", operation_id="create_embeddings", response_model=s.EmbeddingsOut)
+def embeddings(body: s.EmbeddingsIn, svc: Service) -> s.EmbeddingsOut:
+    """OpenAI-compatible embeddings."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise InvalidInput("input must not be empty")
+    if len(texts) > svc.settings.max_documents_per_request:
+        raise PayloadTooLarge(
+            f"{len(texts)} inputs; the limit is {svc.settings.max_documents_per_request}"
+        )
+    embedder = svc.embedder(body.model)
+    if body.dimensions is not None and body.dimensions > embedder.dimension:
+        raise InvalidInput(
+            f"dimensions must be at most {embedder.dimension} for model {embedder.name}"
+        )
+    if body.input_type == "query":
+        vectors = svc.embed_queries(texts, embedder.name)
+    else:
+        vectors = svc.embed_documents(texts, embedder.name)
+    if body.dimensions is not None and body.dimensions < embedder.dimension:
+        vectors = vectors[:, : body.dimensions]
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    tokens = sum(len(embedder.token_spans(t)) for t in texts)
+    data = []
+    for i, vec in enumerate(vectors.astype(np.float32)):
+        value: list[float] | str = (
+            base64.b64encode(vec.tobytes()).decode()
+            if body.encoding_format == "base64"
+            else [float(x) for x in vec]
+        )
+        data.append(s.EmbeddingItem(index=i, embedding=value))
+    return s.EmbeddingsOut(
+        data=data, model=embedder.name, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+@models_router.post("/rerank", operation_id="rerank", response_model=s.RerankOut)
+def rerank(body: s.RerankIn, svc: Service) -> s.RerankOut:
+    """Cohere-compatible rerank: relevance_score is the sigmoid of the cross-encoder logit."""
+    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    if len(texts) > svc.settings.max_documents_per_request:
+        raise PayloadTooLarge(
+            f"{len(texts)} documents; the limit is {svc.settings.max_documents_per_request}"
+        )
+    if len(body.query) > svc.settings.max_query_chars:
+        raise InvalidInput(f"query is longer than {svc.settings.max_query_chars} characters")
+    logits = svc.rerank(body.query, texts, body.model)
+    scores = sigmoid(logits)
+    order = np.argsort(-logits, kind="stable")[: body.top_n or len(texts)]
+    return s.RerankOut(
+        id=str(uuid.uuid4()),
+        results=[
+            s.RerankResult(
+                index=int(i),
+                relevance_score=float(scores[i]),
+                logit=float(logits[i]),
+                document=s.RerankDoc(text=texts[i]) if body.return_documents else None,
+            )
+            for i in order
+        ],
+        meta={"model": svc.reranker(body.model).name},
+    )

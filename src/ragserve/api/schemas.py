@@ -1,0 +1,181 @@
+"""Request and response models of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
+    models: dict[str, float] = Field(default_factory=dict, description="Load seconds per model.")
+
+
+# ---------------------------------------------------------------- collections
+
+
+class CollectionCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    embedder: str | None = None
+
+
+class Collection(BaseModel):
+    name: str
+    embedder: str
+    dimension: int
+    documents: int
+    chunks: int
+
+
+class CollectionList(BaseModel):
+    collections: list[Collection]
+
+
+# ---------------------------------------------------------------- documents
+
+
+class DocumentIn(Strict):
+    id: str | None = Field(default=None, min_length=1, max_length=512)
+    text: str
+    title: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsIn(Strict):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class DocumentResult(BaseModel):
+    id: str
+    status: Literal["created", "updated", "unchanged", "failed"]
+    chunks: int
+    error: str | None = None
+
+
+class DocumentsOut(BaseModel):
+    results: list[DocumentResult]
+
+
+class ChunkOut(BaseModel):
+    chunk_id: str
+    index: int
+    text: str
+    start: int
+    end: int
+    metadata: dict[str, Any]
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+    chunks: list[ChunkOut]
+
+
+# ---------------------------------------------------------------- search
+
+
+class SearchIn(Strict):
+    query: str = Field(min_length=1)
+    top_k: int = Field(default=10, ge=1)
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    rerank: bool = False
+    rerank_top_n: int = Field(default=20, ge=1, le=200)
+    filter: dict[str, Any] | None = None
+    collapse: bool = Field(default=False, description="One hit per document (its best chunk).")
+
+
+class SearchHit(BaseModel):
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    rank: int
+    metadata: dict[str, Any]
+
+
+class SearchOut(BaseModel):
+    results: list[SearchHit]
+    timings_ms: dict[str, float]
+
+
+# ---------------------------------------------------------------- OpenAI embeddings
+
+
+class EmbeddingsIn(BaseModel):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    input_type: Literal["query", "document"] = Field(
+        default="document", description="ragserve extension: apply the query or document prefix."
+    )
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+# ---------------------------------------------------------------- Cohere rerank
+
+
+class RerankDoc(BaseModel):
+    text: str
+
+
+class RerankIn(BaseModel):
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDoc] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    model: str | None = None
+    return_documents: bool = False
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    logit: float
+    document: RerankDoc | None = None
+
+
+class RerankOut(BaseModel):
+    id: str
+    results: list[RerankResult]
+    meta: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,320 @@
+"""The library core: ingest, search and model calls. The HTTP API and the CLI are thin shells.
+
+::
+
+    service = RetrievalService.open(Settings())
+    service.create_collection("docs")
+    service.ingest("docs", [Document(id="a", text="...")])
+    service.search("docs", SearchRequest(query="..."))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ragserve.batching import MicroBatcher
+from ragserve.config import Settings
+from ragserve.errors import InvalidInput, Overloaded, RagserveError
+from ragserve.ingest.chunking import chunk_document, content_hash, embedding_text
+from ragserve.ingest.sources import IngestFailure
+from ragserve.models.catalog import Kind
+from ragserve.models.embedder import Embedder, Vectors
+from ragserve.models.manager import ModelManager
+from ragserve.models.reranker import Reranker, Scores
+from ragserve.search import Searcher, SearchRequest, SearchResult
+from ragserve.store.base import CollectionInfo, Store, StoredDocument, open_store
+from ragserve.types import Chunk, Document
+
+log = logging.getLogger(__name__)
+
+Status = Literal["created", "updated", "unchanged", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    id: str
+    status: Status
+    chunks: int = 0
+    error: str | None = None
+    source: str | None = None
+
+
+@dataclass
+class _Prepared:
+    document: Document
+    hash: str
+    chunks: list[Chunk]
+    source: str | None
+
+
+def document_id_for(text: str) -> str:
+    """The id given to a document posted without one: stable, so re-posting is idempotent."""
+    return "doc-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+class RetrievalService:
+    """Owns the models, the store and the batchers of one process. Thread-safe."""
+
+    def __init__(self, settings: Settings, models: ModelManager, store: Store) -> None:
+        self.settings = settings
+        self.models = models
+        self.store = store
+        self._query_batchers: dict[str, MicroBatcher[str, Vectors]] = {}
+        self._rerank_batchers: dict[str, MicroBatcher[tuple[str, str], float]] = {}
+        self._lock = threading.Lock()
+        self._ingest_slots = threading.BoundedSemaphore(2)
+        self._searcher = Searcher(store)
+
+    @classmethod
+    def open(cls, settings: Settings, *, load_models: bool = True) -> RetrievalService:
+        service = cls(settings, ModelManager.from_settings(settings), open_store(settings))
+        if load_models:
+            service.load_models()
+        return service
+
+    def load_models(self) -> None:
+        """Load the default embedder (and the reranker when it loads eagerly)."""
+        self.models.embedder(self.settings.embedder)
+        if self.settings.reranker_load == "eager":
+            self.models.reranker(self.settings.reranker)
+
+    def close(self) -> None:
+        for batcher in self._query_batchers.values():
+            batcher.close()
+        for rerank_batcher in self._rerank_batchers.values():
+            rerank_batcher.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ models
+
+    def embedder(self, name: str | None = None) -> Embedder:
+        return self.models.embedder(name or self.settings.embedder)
+
+    def reranker(self, name: str | None = None) -> Reranker:
+        if self.settings.reranker_load == "off" and name is None:
+            raise InvalidInput("reranking is disabled on this server (RAGSERVE_RERANKER_LOAD=off)")
+        return self.models.reranker(name or self.settings.reranker)
+
+    def _query_batcher(self, name: str) -> MicroBatcher[str, Vectors]:
+        with self._lock:
+            batcher = self._query_batchers.get(name)
+            if batcher is None:
+                embedder = self.embedder(name)
+
+                def run(texts: Sequence[str]) -> list[Vectors]:
+                    return list(embedder.embed_queries(texts))
+
+                batcher = MicroBatcher(
+                    run,
+                    max_batch=self.settings.max_batch_size,
+                    max_pending=self.settings.max_inflight,
+                    name=f"embed-{name}",
+                )
+                self._query_batchers[name] = batcher
+            return batcher
+
+    def _rerank_batcher(self, name: str) -> MicroBatcher[tuple[str, str], float]:
+        with self._lock:
+            batcher = self._rerank_batchers.get(name)
+            if batcher is None:
+                reranker = self.models.reranker(name)
+
+                def run(pairs: Sequence[tuple[str, str]]) -> list[float]:
+                    return [float(x) for x in score_pairs(reranker, pairs)]
+
+                batcher = MicroBatcher(
+                    run,
+                    max_batch=max(self.settings.max_batch_size, 200),
+                    max_pending=self.settings.max_inflight * 20,
+                    name=f"rerank-{name}",
+                )
+                self._rerank_batchers[name] = batcher
+            return batcher
+
+    def embed_queries(self, texts: Sequence[str], model: str | None = None) -> Vectors:
+        """Query embeddings, batched with other concurrent callers."""
+        name = self.embedder(model).name
+        rows = self._query_batcher(name)(list(texts))
+        return np.stack(rows) if rows else np.zeros((0, self.embedder(name).dimension), "float32")
+
+    def embed_documents(self, texts: Sequence[str], model: str | None = None) -> Vectors:
+        with self._ingest_slot():
+            return self.embedder(model).embed_documents(texts)
+
+    def rerank(self, query: str, passages: Sequence[str], model: str | None = None) -> Scores:
+        """Raw cross-encoder logits for each passage, batched with other concurrent callers."""
+        name = self.reranker(model).name
+        scores = self._rerank_batcher(name)([(query, p) for p in passages])
+        return np.asarray(scores, dtype=np.float32)
+
+    # ------------------------------------------------------------------ collections
+
+    def create_collection(self, name: str, embedder: str | None = None) -> CollectionInfo:
+        spec = self.models.catalog.get(embedder or self.settings.embedder, Kind.EMBEDDER)
+        return self.store.create_collection(name, spec.name, spec.dimension)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return self.store.list_collections()
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return self.store.get_collection(name)
+
+    def delete_collection(self, name: str) -> None:
+        self.store.delete_collection(name)
+
+    # ------------------------------------------------------------------ documents
+
+    def get_document(self, collection: str, document_id: str) -> StoredDocument:
+        return self.store.get_document(collection, document_id)
+
+    def delete_document(self, collection: str, document_id: str) -> None:
+        self.store.delete_document(collection, document_id)
+
+    def ingest(
+        self, collection: str, items: Iterable[Document | IngestFailure], *, batch_chunks: int = 64
+    ) -> list[IngestResult]:
+        return list(self.ingest_iter(collection, items, batch_chunks=batch_chunks))
+
+    def ingest_iter(
+        self, collection: str, items: Iterable[Document | IngestFailure], *, batch_chunks: int = 64
+    ) -> Iterator[IngestResult]:
+        """Ingest documents, yielding one result per item, in order, as each group is stored.
+
+        Unchanged documents (same content hash) are not re-embedded. A failing document is
+        reported and the rest go on; each stored document is all or nothing.
+        """
+        info = self.store.get_collection(collection)
+        embedder = self.embedder(info.embedder)
+        group: list[_Prepared | IngestResult] = []
+        pending_chunks = 0
+        for item in items:
+            prepared = self._prepare(collection, embedder, item)
+            group.append(prepared)
+            if isinstance(prepared, _Prepared):
+                pending_chunks += len(prepared.chunks)
+            if pending_chunks >= batch_chunks:
+                yield from self._store_group(collection, embedder, group)
+                group, pending_chunks = [], 0
+        if group:
+            yield from self._store_group(collection, embedder, group)
+
+    def _prepare(
+        self, collection: str, embedder: Embedder, item: Document | IngestFailure
+    ) -> _Prepared | IngestResult:
+        if isinstance(item, IngestFailure):
+            return IngestResult(item.source, "failed", error=item.error, source=item.source)
+        source = item.metadata.get("source") if isinstance(item.metadata, dict) else None
+        doc_id = item.id
+        try:
+            if not item.text.strip():
+                raise InvalidInput("document has no text")
+            digest = content_hash(item)
+            stored = self.store.get_document_hash(collection, doc_id)
+            if stored == digest:
+                count = len(self.store.get_document(collection, doc_id).chunks)
+                return IngestResult(doc_id, "unchanged", count, source=source)
+            chunks = chunk_document(
+                item,
+                embedder.token_spans,
+                chunk_tokens=self.settings.chunk_tokens,
+                overlap=self.settings.chunk_overlap,
+                title_prefix=self.settings.chunk_title_prefix,
+                max_tokens=max_chunk_tokens(embedder),
+            )
+            if not chunks:
+                raise InvalidInput("document has no text to index")
+        except RagserveError as exc:
+            if not exc.public:
+                raise
+            return IngestResult(doc_id, "failed", error=exc.message, source=source)
+        return _Prepared(item, digest, chunks, source)
+
+    def _store_group(
+        self, collection: str, embedder: Embedder, group: list[_Prepared | IngestResult]
+    ) -> Iterator[IngestResult]:
+        prepared = [g for g in group if isinstance(g, _Prepared)]
+        texts = [embedding_text(c) for p in prepared for c in p.chunks]
+        vectors = self.embed_documents(texts, embedder.name) if texts else None
+        offset = 0
+        for item in group:
+            if isinstance(item, IngestResult):
+                yield item
+                continue
+            n = len(item.chunks)
+            assert vectors is not None
+            try:
+                outcome = self.store.upsert_document(
+                    collection, item.document, item.hash, item.chunks, vectors[offset : offset + n]
+                )
+            except RagserveError as exc:
+                if not exc.public:
+                    raise
+                yield IngestResult(item.document.id, "failed", error=exc.message)
+            else:
+                yield IngestResult(item.document.id, outcome, n, source=item.source)
+            offset += n
+
+    def _ingest_slot(self) -> _Slot:
+        return _Slot(self._ingest_slots)
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, collection: str, request: SearchRequest) -> SearchResult:
+        info = self.store.get_collection(collection)
+        if request.top_k > self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be at most {self.settings.max_top_k}")
+        if len(request.query) > self.settings.max_query_chars:
+            raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
+        name = info.embedder
+
+        def embed(texts: Sequence[str]) -> Vectors:
+            return self.embed_queries(texts, name)
+
+        def rerank(query: str, passages: Sequence[str]) -> Scores:
+            return self.rerank(query, passages)
+
+        return self._searcher.search(collection, request, embed=embed, rerank=rerank)
+
+
+def max_chunk_tokens(embedder: Embedder) -> int:
+    """Tokens a chunk may hold: the model's limit less special tokens and its document prefix."""
+    spec = getattr(embedder, "spec", None)
+    limit = int(getattr(spec, "max_length", 512)) - 2
+    prefix = str(getattr(spec, "document_prefix", ""))
+    return limit - (len(embedder.token_spans(prefix)) if prefix else 0)
+
+
+def score_pairs(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> Scores:
+    """Score (query, passage) pairs from several queries in as few model calls as possible."""
+    batch = getattr(reranker, "score_pairs", None)
+    if batch is not None:
+        return np.asarray(batch(pairs), dtype=np.float32)
+    out = np.empty(len(pairs), dtype=np.float32)
+    by_query: dict[str, list[int]] = {}
+    for i, (query, _) in enumerate(pairs):
+        by_query.setdefault(query, []).append(i)
+    for query, idx in by_query.items():
+        out[idx] = reranker.score(query, [pairs[i][1] for i in idx])
+    return out
+
+
+class _Slot:
+    """Admission to bulk embedding: waits briefly, then says 429."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore, timeout: float = 30.0) -> None:
+        self._semaphore = semaphore
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self._semaphore.acquire(timeout=self._timeout):
+            raise Overloaded("the server is busy ingesting; retry shortly", retry_after=5.0)
+
+    def __exit__(self, *exc: object) -> None:
+        self._semaphore.release()
