@@ -1,0 +1,255 @@
+"""Token-aware chunking: pure functions from a :class:`~ragserve.types.Document` to chunks.
+
+Sizes are counted in tokens of the collection's embedder, through a ``token_spans`` callable
+(``Embedder.token_spans``: the character offsets of every token, without special tokens), so the
+same code serves the real tokenizer and a fake in tests.
+
+How a chunk is cut. From its start token, a chunk may take ``budget`` tokens. If the document ends
+within that window it does; otherwise the end is the best boundary in the second half of the window,
+ranked: a section change (a heading or a page), then a paragraph break (a blank line), then a
+sentence end, then any token boundary; among equals the latest wins. The next chunk starts
+``overlap`` tokens before the previous end, so consecutive chunks share exactly ``overlap`` tokens.
+
+What a chunk carries.
+
+* ``text`` is the raw source span: ``doc.text[chunk.start:chunk.end] == chunk.text``.
+* ``metadata["headings"]``: the heading path of the section where the chunk's new content begins
+  (the first token after the overlap); ``metadata["pages"]``: every page the span touches. Each is
+  present only when the document has that structure. ``metadata["tokens"]``: tokens in the span.
+* ``metadata["embed_prefix"]`` (only with ``title_prefix=True`` and a title or heading path): the
+  text put before ``text`` when embedding: the title and the heading path, one per line, then a
+  blank line. :func:`embedding_text` returns what to embed; store and show ``text``.
+
+The prefix plus the span never exceed ``max_tokens`` (the embedder's maximum length less its special
+tokens: 510 for bge-small); a long title is cut to a quarter of that so the span keeps most room.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ragserve.errors import InvalidInput
+from ragserve.types import Chunk, Document, Section
+
+TokenSpans = Callable[[str], list[tuple[int, int]]]
+
+#: Boundary ranks, best last.
+TOKEN, SENTENCE, PARAGRAPH, SECTION = 0, 1, 2, 3
+
+_SENTENCE_END = re.compile("[.!?\u2026][\"')\\]\u00bb\u201d\u2019]*$")
+_PARAGRAPH_GAP = re.compile(r"\n[ \t\r\f\v]*\n")
+
+__all__ = [
+    "TokenSpans",
+    "chunk_document",
+    "content_hash",
+    "embedding_text",
+    "heading_prefix",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Structure:
+    """Sections sorted by start, with a lookup from a character offset to its section."""
+
+    sections: tuple[Section, ...]
+    starts: list[int]
+
+    @classmethod
+    def of(cls, doc: Document) -> _Structure:
+        ordered = tuple(sorted(doc.sections, key=lambda s: (s.start, s.end)))
+        return cls(ordered, [s.start for s in ordered])
+
+    def at(self, offset: int) -> Section | None:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i >= 0 and self.sections[i].start <= offset < self.sections[i].end:
+            return self.sections[i]
+        return None
+
+    def pages(self, start: int, end: int) -> list[int]:
+        found = {
+            s.page for s in self.sections if s.page is not None and s.start < end and s.end > start
+        }
+        return sorted(found)
+
+
+def heading_prefix(title: str | None, headings: Sequence[str]) -> str:
+    """The text embedded before a chunk: title and heading path, one per line, a blank line."""
+    lines: list[str] = []
+    clean_title = " ".join((title or "").split())
+    if clean_title:
+        lines.append(clean_title)
+    path = [h for h in (" ".join(x.split()) for x in headings) if h]
+    if path and path[0] == clean_title:  # an H1 that repeats the title
+        path = path[1:]
+    if path:
+        lines.append(" > ".join(path))
+    return "\n".join(lines) + "\n\n" if lines else ""
+
+
+def embedding_text(chunk: Chunk) -> str:
+    """What to give the embedder for ``chunk``: its prefix (if any) followed by its text."""
+    prefix = chunk.metadata.get("embed_prefix", "")
+    return f"{prefix}{chunk.text}" if isinstance(prefix, str) else chunk.text
+
+
+def _section_ranks(text: str, spans: Sequence[tuple[int, int]], structure: _Structure) -> list[int]:
+    """Like :func:`_boundary_ranks`, with section changes found by one merge over sorted starts."""
+    ranks = _boundary_ranks_no_sections(text, spans)
+    starts = sorted({s.start for s in structure.sections} | {s.end for s in structure.sections})
+    for offset in starts:
+        i = bisect.bisect_left(spans, (offset, -1))  # first token starting at or after offset
+        if 0 < i < len(spans) and spans[i - 1][1] <= offset:
+            ranks[i] = SECTION
+    return ranks
+
+
+def _boundary_ranks_no_sections(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+    ranks = [TOKEN] * (len(spans) + 1)
+    for i in range(1, len(spans)):
+        prev_start, prev_end = spans[i - 1]
+        gap = text[prev_end : spans[i][0]]
+        if not gap:
+            continue
+        if _PARAGRAPH_GAP.search(gap):
+            ranks[i] = PARAGRAPH
+        elif _SENTENCE_END.search(text[prev_start:prev_end]) or "\n" in gap:
+            ranks[i] = SENTENCE
+    ranks[len(spans)] = SECTION
+    return ranks
+
+
+def _fit_prefix(prefix: str, token_spans: TokenSpans, limit: int) -> tuple[str, int]:
+    """The prefix cut to at most ``limit`` tokens (at a token boundary), and its token count."""
+    if not prefix:
+        return "", 0
+    spans = token_spans(prefix)
+    if len(spans) <= limit:
+        return prefix, len(spans)
+    if limit <= 0:
+        return "", 0
+    return prefix[: spans[limit - 1][1]] + "\n\n", limit
+
+
+def chunk_document(
+    doc: Document,
+    token_spans: TokenSpans,
+    *,
+    chunk_tokens: int,
+    overlap: int,
+    title_prefix: bool,
+    max_tokens: int = 510,
+) -> list[Chunk]:
+    """Cut ``doc`` into chunks of at most ``chunk_tokens`` tokens sharing ``overlap`` tokens.
+
+    ``max_tokens`` bounds prefix + span (pass the embedder's max length less its special tokens and
+    less any document prefix the embedder adds itself). A document without tokens has no chunks.
+    See the module docstring for where chunks end and what their metadata holds.
+    """
+    if chunk_tokens < 1:
+        raise InvalidInput(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+    if not 0 <= overlap < chunk_tokens:
+        raise InvalidInput(
+            f"overlap must be between 0 and chunk_tokens - 1 ({chunk_tokens - 1}), got {overlap}"
+        )
+    if max_tokens < 1:
+        raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")
+    text = doc.text
+    spans = token_spans(text)
+    if not spans:
+        return []
+    structure = _Structure.of(doc)
+    ranks = _section_ranks(text, spans, structure)
+    prefix_limit = max(0, max_tokens // 4)
+    prefix_cache: dict[tuple[str, ...], tuple[str, int]] = {}
+
+    chunks: list[Chunk] = []
+    start = 0  # first token of the chunk
+    anchor = 0  # first token of the chunk's new content (after the overlap)
+    n = len(spans)
+    while True:
+        section = structure.at(spans[anchor][0])
+        headings = section.headings if section else ()
+        prefix, prefix_len = "", 0
+        if title_prefix:
+            if headings not in prefix_cache:
+                prefix_cache[headings] = _fit_prefix(
+                    heading_prefix(doc.title, headings), token_spans, prefix_limit
+                )
+            prefix, prefix_len = prefix_cache[headings]
+        budget = max(1, min(chunk_tokens, max_tokens - prefix_len))
+        if anchor - start >= budget:  # a long prefix left less room than the overlap
+            start = anchor - budget // 2
+        end = _choose_end(ranks, start, anchor, budget, n)
+        chunks.append(_make_chunk(doc, len(chunks), spans, start, end, headings, prefix, structure))
+        if end >= n:
+            return chunks
+        next_start = end - overlap
+        start = next_start if next_start > start else end
+        anchor = end
+
+
+def _choose_end(ranks: Sequence[int], start: int, anchor: int, budget: int, n: int) -> int:
+    limit = start + budget
+    if limit >= n:
+        return n
+    # Never end inside the overlap, and fill at least half the window.
+    lowest = max(anchor + 1, start + math.ceil(budget / 2))
+    best, best_rank = limit, ranks[limit]
+    for i in range(limit - 1, lowest - 1, -1):
+        if ranks[i] > best_rank:
+            best, best_rank = i, ranks[i]
+            if best_rank == SECTION:
+                break
+    return best
+
+
+def _make_chunk(
+    doc: Document,
+    index: int,
+    spans: Sequence[tuple[int, int]],
+    first: int,
+    end: int,
+    headings: tuple[str, ...],
+    prefix: str,
+    structure: _Structure,
+) -> Chunk:
+    char_start, char_end = spans[first][0], spans[end - 1][1]
+    metadata: dict[str, object] = {"tokens": end - first}
+    if headings:
+        metadata["headings"] = list(headings)
+    pages = structure.pages(char_start, char_end)
+    if pages:
+        metadata["pages"] = pages
+    if prefix:
+        metadata["embed_prefix"] = prefix
+    return Chunk(
+        document_id=doc.id,
+        index=index,
+        text=doc.text[char_start:char_end],
+        start=char_start,
+        end=char_end,
+        metadata=metadata,
+    )
+
+
+def content_hash(doc: Document) -> str:
+    """sha256 (hex) of the document's text, title and metadata as canonical JSON.
+
+    The id is not part of the hash: it answers "did this document's content change?". Metadata must
+    be JSON data (what the parsers and the JSON sources produce).
+    """
+    payload = {"text": doc.text, "title": doc.title, "metadata": doc.metadata}
+    try:
+        canonical = json.dumps(
+            payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"document {doc.id!r}: metadata is not JSON data ({exc})") from None
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

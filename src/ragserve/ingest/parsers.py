@@ -1,0 +1,641 @@
+"""Parsers: bytes of one file (or one JSON record) -> a :class:`~ragserve.types.Document`.
+
+Formats and the library that carries each: plain text; Markdown (``markdown-it-py``: headings give
+the structure, the text is the rendered plain text, not the markup); HTML (``trafilatura`` keeps the
+main content and drops navigation chrome, its Markdown output then goes through the Markdown parser;
+``selectolax`` is the fallback when trafilatura finds no main content); PDF (``pypdf``: text per
+page, one section per page); DOCX (``python-docx``: headings from the ``Heading N`` styles); JSON
+records (``id``, ``text``, optional ``title`` and ``metadata``).
+
+The type comes from the file extension, else the HTTP content type, else the content; the content
+must agree with the name (a ``.txt`` holding binary bytes, a ``.pdf`` without a PDF header are
+refused). Every problem with one document raises :class:`ParseError` (or
+:class:`~ragserve.errors.PayloadTooLarge` for the size limit) with a message fit for the user; no
+other exception leaves this module for bad input.
+
+Every document's ``metadata`` holds ``source`` (the path or upload name), ``filename`` and
+``content_type``; PDFs add ``pages``. ``sections`` cover the whole text, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from ragserve.errors import InvalidInput, PayloadTooLarge
+from ragserve.types import Document, JSONDict, Section
+
+__all__ = [
+    "FileType",
+    "ParseError",
+    "UnsupportedType",
+    "check_size",
+    "decode_text",
+    "detect_type",
+    "parse_bytes",
+    "parse_file",
+    "record_to_document",
+]
+
+
+class ParseError(InvalidInput):
+    """One document could not be turned into text (corrupt, encrypted, empty, not UTF-8...)."""
+
+    error_type = "parse_error"
+
+
+class UnsupportedType(ParseError):
+    error_type = "unsupported_type"
+
+
+class FileType(enum.Enum):
+    TEXT = "text/plain"
+    MARKDOWN = "text/markdown"
+    HTML = "text/html"
+    PDF = "application/pdf"
+    DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    JSON = "application/json"
+    JSONL = "application/x-ndjson"
+
+    @property
+    def is_records(self) -> bool:
+        return self in (FileType.JSON, FileType.JSONL)
+
+    @property
+    def is_text(self) -> bool:
+        return self not in (FileType.PDF, FileType.DOCX)
+
+
+EXTENSIONS: dict[str, FileType] = {
+    ".txt": FileType.TEXT,
+    ".text": FileType.TEXT,
+    ".md": FileType.MARKDOWN,
+    ".markdown": FileType.MARKDOWN,
+    ".html": FileType.HTML,
+    ".htm": FileType.HTML,
+    ".xhtml": FileType.HTML,
+    ".pdf": FileType.PDF,
+    ".docx": FileType.DOCX,
+    ".json": FileType.JSON,
+    ".jsonl": FileType.JSONL,
+    ".ndjson": FileType.JSONL,
+}
+
+_CONTENT_TYPES: dict[str, FileType] = {
+    **{t.value: t for t in FileType},
+    "text/x-markdown": FileType.MARKDOWN,
+    "application/xhtml+xml": FileType.HTML,
+    "application/jsonl": FileType.JSONL,
+    "application/json-lines": FileType.JSONL,
+    "application/jsonlines": FileType.JSONL,
+}
+
+_SNIFF_BYTES = 8192
+
+
+# ------------------------------------------------------------------------------------- detection
+
+
+def check_size(size: int, max_bytes: int, what: str) -> None:
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"{what} is {size:,} bytes, over the limit of {max_bytes:,} (max_document_bytes)"
+        )
+
+
+def _sniff(head: bytes) -> FileType | None:
+    """The type the first bytes prove, or None for text of no particular kind."""
+    if head.startswith(b"%PDF-"):
+        return FileType.PDF
+    if head.startswith(b"PK\x03\x04"):
+        return FileType.DOCX  # confirmed (or refused) when the zip is opened
+    if _looks_binary(head):
+        raise ParseError("binary content (not text): refused")
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        return FileType.HTML
+    return None
+
+
+def _looks_binary(head: bytes) -> bool:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM is text
+        return False
+    if b"\x00" in head:
+        return True
+    controls = sum(1 for b in head if (b < 32 and b not in (9, 10, 12, 13, 27)) or b == 127)
+    return bool(head) and controls / len(head) > 0.1
+
+
+def detect_type(head: bytes, filename: str, content_type: str | None = None) -> FileType:
+    """The file's type from its name, else the declared content type, else its first bytes."""
+    suffix = PurePath(filename).suffix.lower()
+    claimed = EXTENSIONS.get(suffix)
+    if claimed is None and content_type:
+        claimed = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+    if claimed is None and suffix:
+        supported = ", ".join(sorted(EXTENSIONS))
+        raise UnsupportedType(f"unsupported file type {suffix!r} (supported: {supported})")
+    sniffed = _sniff(head)
+    if claimed is None:
+        return sniffed or FileType.TEXT
+    if sniffed in (FileType.PDF, FileType.DOCX) and sniffed is not claimed:
+        kind = "a PDF" if sniffed is FileType.PDF else "a ZIP/DOCX archive"
+        raise ParseError(f"named as {claimed.name.lower()} but the content is {kind}: refused")
+    if claimed is FileType.PDF and sniffed is not FileType.PDF:
+        raise ParseError("not a PDF: the file does not start with a %PDF- header")
+    if claimed is FileType.DOCX and sniffed is not FileType.DOCX:
+        raise ParseError("not a DOCX: the file is not a ZIP archive")
+    return claimed
+
+
+def decode_text(data: bytes) -> str:
+    """Strict UTF-8 (a UTF-8 or UTF-16 BOM is honoured); newlines normalized to ``\\n``."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"invalid UTF-16 at byte {exc.start}") from None
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+            line = data.count(b"\n", 0, offset) + 1
+            column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+            raise ParseError(
+                f"invalid UTF-8 at byte {offset} (line {line}, column {column}): "
+                f"byte 0x{data[offset]:02x}"
+            ) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        raise ParseError("binary content (NUL characters in text): refused")
+    return text
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def parse_file(
+    path: Path, *, max_bytes: int, doc_id: str | None = None, source: str | None = None
+) -> Document:
+    """Parse one file into one document (the size is checked before reading).
+
+    ``doc_id`` defaults to ``source``, which defaults to the path as given (POSIX form). JSON and
+    JSONL files hold records: read them with :mod:`ragserve.ingest.sources` (``iter_file``).
+    """
+    source = source or path.as_posix()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ParseError(f"cannot read {source}: {exc.strerror or exc}") from None
+    check_size(size, max_bytes, "the file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {source}: {exc.strerror or exc}") from None
+    return parse_bytes(data, path.name, max_bytes=max_bytes, doc_id=doc_id, source=source)
+
+
+def parse_bytes(
+    data: bytes,
+    filename: str,
+    content_type: str | None = None,
+    *,
+    max_bytes: int,
+    doc_id: str | None = None,
+    source: str | None = None,
+) -> Document:
+    """Parse an upload (or a file's bytes) into one document.
+
+    A JSON file holding one record object is accepted; arrays and JSONL hold many records: use
+    ``ragserve.ingest.sources.iter_bytes``, which takes every type.
+    """
+    check_size(len(data), max_bytes, "the document")
+    if not data.strip():
+        raise ParseError("empty document")
+    kind = detect_type(data[:_SNIFF_BYTES], filename, content_type)
+    source = source or filename
+    meta: JSONDict = {"source": source, "filename": PurePath(filename).name}
+    doc_id = doc_id or source
+    if kind.is_records:
+        return _single_record(data, kind, doc_id, max_bytes)
+    parsed = _PARSERS[kind](data)
+    meta["content_type"] = kind.value
+    meta.update(parsed.metadata)
+    if not parsed.text.strip():
+        raise ParseError(f"empty document (no text in this {kind.name.lower()})")
+    return Document(
+        id=doc_id,
+        text=parsed.text,
+        title=parsed.title,
+        metadata=meta,
+        sections=tuple(parsed.sections),
+    )
+
+
+@dataclass
+class _Parsed:
+    text: str
+    title: str | None = None
+    sections: list[Section] = field(default_factory=list)
+    metadata: JSONDict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- structure from blocks
+
+
+class _Builder:
+    """Accumulates text blocks and headings into text + sections that cover it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.length = 0
+        self.sections: list[Section] = []
+        self.path: list[tuple[int, str]] = []
+        self.section_start = 0
+        self.title: str | None = None
+        self.group: str | None = None
+
+    def _append(self, text: str, sep: str) -> None:
+        if self.parts:
+            self.parts.append(sep)
+            self.length += len(sep)
+        self.parts.append(text)
+        self.length += len(text)
+
+    def heading(self, level: int, text: str) -> None:
+        text = " ".join(text.split())
+        if not text:
+            return
+        if self.title is None and level == 1:
+            self.title = text
+        start = self.length + (2 if self.parts else 0)
+        self._close(start)
+        while self.path and self.path[-1][0] >= level:
+            self.path.pop()
+        self.path.append((level, text))
+        self._append(text, "\n\n")
+        self.group = None
+
+    def block(self, text: str, group: str | None = None) -> None:
+        """Add a block; consecutive blocks of one ``group`` (list items, table rows) share a line
+        break, anything else is separated by a blank line."""
+        text = text.strip("\n")
+        if text.strip():
+            self._append(text, "\n" if group and group == self.group else "\n\n")
+            self.group = group
+
+    def _close(self, end: int) -> None:
+        if end > self.section_start:
+            headings = tuple(h for _, h in self.path)
+            self.sections.append(Section(self.section_start, end, headings))
+        self.section_start = end
+
+    def build(self) -> _Parsed:
+        self._close(self.length)
+        return _Parsed("".join(self.parts), self.title, self.sections)
+
+
+# ------------------------------------------------------------------------------------ parsers
+
+
+def _parse_text(data: bytes) -> _Parsed:
+    text = decode_text(data)
+    return _Parsed(text, None, [Section(0, len(text))] if text else [])
+
+
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)\n", re.DOTALL)
+_MD = MarkdownIt("commonmark").enable("table")
+
+
+def _parse_markdown(data: bytes) -> _Parsed:
+    return markdown_to_parsed(decode_text(data))
+
+
+def markdown_to_parsed(source: str) -> _Parsed:
+    front_title: str | None = None
+    match = _FRONT_MATTER.match(source)
+    if match:
+        for line in match.group(1).splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "title" and value.strip():
+                front_title = value.strip().strip("\"'")
+        source = source[match.end() :]
+    builder = _Builder()
+    tokens = _MD.parse(source)
+    lists: list[int] = []  # item counters per nesting level (0 for bullets)
+    item_first = False
+    row: list[str] | None = None
+    heading_level = 0
+    for tok in tokens:
+        kind = tok.type
+        if kind == "heading_open":
+            heading_level = int(tok.tag[1:])
+        elif kind == "heading_close":
+            heading_level = 0
+        elif kind in ("bullet_list_open", "ordered_list_open"):
+            lists.append(1 if kind == "ordered_list_open" else 0)
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            lists.pop()
+        elif kind == "list_item_open":
+            item_first = True
+        elif kind == "tr_open":
+            row = []
+        elif kind == "tr_close" and row is not None:
+            if any(row):
+                builder.block(" | ".join(row), "row")
+            row = None
+        elif kind == "inline":
+            text = _inline_text(tok)
+            if heading_level:
+                builder.heading(heading_level, text)
+            elif row is not None:
+                row.append(" ".join(text.split()))
+            elif lists and item_first:
+                marker = f"{lists[-1]}." if lists[-1] else "-"
+                if lists[-1]:
+                    lists[-1] += 1
+                indent = "  " * (len(lists) - 1)
+                builder.block(f"{indent}{marker} {text}", "item")
+                item_first = False
+            else:
+                builder.block(text)
+        elif kind in ("fence", "code_block"):
+            builder.block(tok.content)
+        elif kind == "html_block":
+            builder.block(_html_fragment_text(tok.content))
+    parsed = builder.build()
+    parsed.title = front_title or parsed.title
+    return parsed
+
+
+def _inline_text(tok: Token) -> str:
+    out: list[str] = []
+    for child in tok.children or []:
+        if child.type in ("text", "code_inline"):
+            out.append(child.content)
+        elif child.type == "softbreak" or child.type == "hardbreak":
+            out.append("\n")
+        elif child.type == "image":
+            out.append(child.content)
+    return "".join(out)
+
+
+def _html_fragment_text(html: str) -> str:
+    from selectolax.lexbor import LexborHTMLParser as HTMLParser
+
+    tree = HTMLParser(html)
+    for node in tree.css("script, style"):
+        node.decompose()
+    return (tree.body.text(separator=" ") if tree.body else tree.text(separator=" ")).strip()
+
+
+def _parse_html(data: bytes) -> _Parsed:
+    import trafilatura
+    from selectolax.lexbor import LexborHTMLParser as HTMLParser
+
+    tree = HTMLParser(data)
+    title_node = tree.css_first("title")
+    page_title = " ".join(title_node.text().split()) if title_node else ""
+    extracted = trafilatura.extract(
+        data,
+        output_format="markdown",
+        include_formatting=True,
+        include_links=False,
+        include_images=False,
+        include_comments=False,
+        include_tables=True,
+        favor_recall=True,
+    )
+    if extracted and extracted.strip():
+        parsed = markdown_to_parsed(extracted)
+        meta = trafilatura.extract_metadata(data)
+        parsed.title = (meta.title if meta is not None else None) or page_title or parsed.title
+        parsed.metadata["extractor"] = "trafilatura"
+        return parsed
+    # Fallback: the body without the usual chrome.
+    for node in tree.css("script, style, noscript, nav, header, footer, aside, form, template"):
+        node.decompose()
+    body = tree.body or tree.root
+    text = body.text(separator="\n") if body is not None else ""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    builder = _Builder()
+    for line in lines:
+        builder.block(line, "line")
+    parsed = builder.build()
+    parsed.title = page_title or None
+    parsed.metadata["extractor"] = "selectolax"
+    return parsed
+
+
+def _parse_pdf(data: bytes) -> _Parsed:
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            try:
+                opened = reader.decrypt("")  # owner-password-only PDFs open with an empty one
+            except (DependencyError, NotImplementedError) as exc:
+                raise ParseError(f"encrypted PDF that cannot be decrypted here: {exc}") from None
+            if not opened:
+                raise ParseError("encrypted PDF: a password is required")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        info = reader.metadata
+        title = str(info.title).strip() if info is not None and info.title else None
+    except ParseError:
+        raise
+    except FileNotDecryptedError:
+        raise ParseError("encrypted PDF: a password is required") from None
+    # pypdf raises many exception types on malformed input; this is where they enter.
+    except Exception as exc:  # noqa: BLE001
+        raise ParseError(f"corrupt PDF: {type(exc).__name__}: {exc}") from None
+    parts: list[str] = []
+    sections: list[Section] = []
+    length = 0
+    for number, raw in enumerate(pages, start=1):
+        text = "\n".join(line.rstrip() for line in raw.replace("\r", "\n").split("\n")).strip()
+        if not text:
+            continue
+        if parts:
+            parts.append("\n\n")
+            length += 2
+        sections.append(Section(length, length + len(text), (), number))
+        parts.append(text)
+        length += len(text)
+    if not parts:
+        raise ParseError(f"no extractable text in this PDF ({len(pages)} pages; scanned? no OCR)")
+    # Sections cover the text: each page section takes the separator that follows it.
+    covered = [
+        Section(s.start, sections[i + 1].start if i + 1 < len(sections) else length, (), s.page)
+        for i, s in enumerate(sections)
+    ]
+    return _Parsed("".join(parts), title or None, covered, {"pages": len(pages)})
+
+
+_HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
+
+
+def _parse_docx(data: bytes) -> _Parsed:
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            if "word/document.xml" not in zf.namelist():
+                raise ParseError("not a DOCX: the ZIP archive has no word/document.xml")
+        document = docx.Document(io.BytesIO(data))
+        blocks = list(document.iter_inner_content())
+        core_title = document.core_properties.title
+    except ParseError:
+        raise
+    # python-docx and lxml raise many exception types on malformed input; this is where they enter.
+    except Exception as exc:  # noqa: BLE001
+        raise ParseError(f"corrupt DOCX: {type(exc).__name__}: {exc}") from None
+    builder = _Builder()
+    style_title: str | None = None
+    for block in blocks:
+        if isinstance(block, Paragraph):
+            text = block.text
+            style = (block.style.name if block.style is not None else "") or ""
+            level = _HEADING_STYLE.match(style)
+            if level:
+                builder.heading(int(level.group(1)), text)
+            elif style.lower() == "title":
+                style_title = style_title or " ".join(text.split()) or None
+                builder.block(text)
+            elif style.lower().startswith("list"):
+                builder.block(f"- {text}", "item")
+            else:
+                builder.block(text)
+        elif isinstance(block, Table):
+            for row in block.rows:
+                cells = [" ".join(c.text.split()) for c in row.cells]
+                if any(cells):
+                    builder.block(" | ".join(cells), "row")
+    parsed = builder.build()
+    parsed.title = (core_title or "").strip() or style_title or parsed.title
+    return parsed
+
+
+_PARSERS = {
+    FileType.TEXT: _parse_text,
+    FileType.MARKDOWN: _parse_markdown,
+    FileType.HTML: _parse_html,
+    FileType.PDF: _parse_pdf,
+    FileType.DOCX: _parse_docx,
+}
+
+
+# ------------------------------------------------------------------------------- JSON records
+
+RECORD_FIELDS = ("id", "text", "title", "metadata")
+
+
+def record_to_document(record: object, *, fallback_id: str | None, max_bytes: int) -> Document:
+    """Validate one JSON record (``id``, ``text``, optional ``title``, ``metadata``).
+
+    ``id`` may be a string or an integer; without one, ``fallback_id`` is used (sources pass
+    ``<source>#<line>``) or the record is refused. Unknown fields are refused, not dropped.
+    """
+    if not isinstance(record, Mapping):
+        raise ParseError(f"a record must be a JSON object, got {_json_type(record)}")
+    unknown = sorted(set(record) - set(RECORD_FIELDS))
+    if unknown:
+        raise ParseError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {', '.join(RECORD_FIELDS)})"
+        )
+    raw_id = record.get("id")
+    if raw_id is None:
+        if fallback_id is None:
+            raise ParseError("record has no 'id'")
+        doc_id = fallback_id
+    elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        raise ParseError(f"'id' must be a string or an integer, got {_json_type(raw_id)}")
+    else:
+        doc_id = str(raw_id)
+        if not doc_id.strip():
+            raise ParseError("'id' is empty")
+    text = record.get("text")
+    if text is None:
+        raise ParseError(f"record {doc_id!r} has no 'text'")
+    if not isinstance(text, str):
+        raise ParseError(f"record {doc_id!r}: 'text' must be a string, got {_json_type(text)}")
+    _check_unicode(text, f"record {doc_id!r}: 'text'")
+    check_size(len(text.encode("utf-8")), max_bytes, f"record {doc_id!r}")
+    if not text.strip():
+        raise ParseError(f"record {doc_id!r}: 'text' is empty")
+    title = record.get("title")
+    if title is not None and not isinstance(title, str):
+        raise ParseError(f"record {doc_id!r}: 'title' must be a string, got {_json_type(title)}")
+    metadata = record.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise ParseError(
+            f"record {doc_id!r}: 'metadata' must be an object, got {_json_type(metadata)}"
+        )
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ParseError(f"record {doc_id!r}: 'metadata' is not JSON data ({exc})") from None
+    return Document(
+        id=doc_id,
+        text=text.replace("\r\n", "\n"),
+        title=title.strip() or None if title else None,
+        metadata=dict(metadata),
+    )
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParseError(f"{what} is not valid Unicode (lone surrogate at {exc.start})") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _single_record(data: bytes, kind: FileType, doc_id: str, max_bytes: int) -> Document:
+    text = decode_text(data)
+    if kind is FileType.JSONL:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) != 1:
+            raise ParseError(f"this JSONL holds {len(lines)} records: read it with iter_bytes")
+        text = lines[0]
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if isinstance(record, list):
+        raise ParseError(f"this JSON array holds {len(record)} records: read it with iter_bytes")
+    return record_to_document(record, fallback_id=doc_id, max_bytes=max_bytes)
