@@ -4,7 +4,7 @@ Layout of ``data_dir``::
 
     ragserve.db (+ -wal, -shm)   collections, documents, chunks (text, offsets, metadata, vector)
                                  and one FTS5 table per collection (``fts_<id>``, external content)
-    ann/<id>.usearch, .json      HNSW index of a large collection + manifest (derived data)
+    ann/<id>.hnsw, .json         HNSW index of a large collection + manifest (derived data)
     ragserve.lock                held by the process that has the directory open
 
 One database (not one per collection) because collection create/delete is then one transaction,
@@ -64,6 +64,7 @@ from ragserve.store.base import (
     check_upsert,
 )
 from ragserve.store.sqlite_filters import to_sql
+from ragserve.store.sqlite_index import IndexKeeper
 from ragserve.types import Chunk, Document
 
 if TYPE_CHECKING:
@@ -165,10 +166,11 @@ class SqliteStore:
         self._conns_lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._local = threading.local()
-        self._indexes: dict[int, ann.DenseIndex] = {}
-        self._saved_generation: dict[int, int] = {}
         self._closed = False
         self._writer = self._connect()
+        self._keeper = IndexKeeper(
+            self._writer, self.ann_dir, self.exact_search_below, self.ann_params
+        )
         self._writer.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective on a new file
         self._writer.execute("PRAGMA journal_mode = WAL")
         self._writer.executescript(_SCHEMA)
@@ -291,10 +293,7 @@ class SqliteStore:
                 conn.execute("DELETE FROM chunks WHERE collection_id = ?", (c.id,))
                 conn.execute("DELETE FROM documents WHERE collection_id = ?", (c.id,))
                 conn.execute("DELETE FROM collections WHERE id = ?", (c.id,))
-            self._indexes.pop(c.id, None)
-            self._saved_generation.pop(c.id, None)
-            for path in self._ann_paths(c.id):
-                path.unlink(missing_ok=True)
+            self._keeper.drop(c.id)
             self._writer.execute("PRAGMA incremental_vacuum")
 
     # ------------------------------------------------------------------ documents
@@ -499,118 +498,18 @@ class SqliteStore:
                 )
         return out
 
-    # ------------------------------------------------------------------ dense index upkeep
+    # ------------------------------------------------------------------ dense indexes
 
-    def _ann_paths(self, cid: int) -> tuple[Path, Path]:
-        return self.ann_dir / f"{cid}.usearch", self.ann_dir / f"{cid}.json"
+    @property
+    def _indexes(self) -> dict[int, ann.DenseIndex]:
+        return self._keeper.indexes
 
     def _index(self, c: _Collection) -> ann.DenseIndex:
-        index = self._indexes.get(c.id)
+        index = self._keeper.indexes.get(c.id)
         if index is not None:
             return index
         with self._write_lock:  # a stable database state while loading
-            index = self._indexes.get(c.id)
-            if index is None:
-                index = self._load_index(c.id, c.dimension)
-                self._indexes[c.id] = index
-            return index
-
-    def _state(self, cid: int) -> tuple[int, ann.Keys]:
-        (generation,) = self._writer.execute(
-            "SELECT generation FROM collections WHERE id = ?", (cid,)
-        ).fetchone()
-        keys = np.array(
-            [
-                r[0]
-                for r in self._writer.execute(
-                    "SELECT id FROM chunks WHERE collection_id = ? ORDER BY id", (cid,)
-                )
-            ],
-            dtype=np.int64,
-        )
-        return int(generation), keys
-
-    def _load_index(self, cid: int, dimension: int) -> ann.DenseIndex:
-        generation, keys = self._state(cid)
-        if len(keys) >= max(self.exact_search_below, 1):
-            loaded = self._open_ann(cid, dimension, generation, keys)
-            if loaded is not None:
-                self._saved_generation[cid] = generation
-                return ann.DenseIndex(dimension, loaded)
-        inner: ann.ExactIndex | ann.HnswIndex = ann.ExactIndex(dimension)
-        if len(keys) >= max(self.exact_search_below, 1):
-            inner = ann.HnswIndex(dimension, self.ann_params)
-        for batch_keys, batch in self._stored_vectors(cid, dimension):
-            inner.add(batch_keys, batch)
-        index = ann.DenseIndex(dimension, inner)
-        if index.is_ann:
-            self._save_index(cid, index)
-        return index
-
-    def _stored_vectors(
-        self, cid: int, dimension: int, batch: int = 20_000
-    ) -> Iterator[tuple[ann.Keys, Vectors]]:
-        last = -1
-        while True:
-            rows = self._writer.execute(
-                "SELECT id, vector FROM chunks WHERE collection_id = ? AND id > ? "
-                "ORDER BY id LIMIT ?",
-                (cid, last, batch),
-            ).fetchall()
-            if not rows:
-                return
-            keys = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            yield keys, vectors.reshape(len(rows), dimension)
-            last = int(keys[-1])
-
-    def _open_ann(
-        self, cid: int, dimension: int, generation: int, keys: ann.Keys
-    ) -> ann.HnswIndex | None:
-        """The saved index if its manifest matches the database and the file; else None."""
-        index_path, manifest_path = self._ann_paths(cid)
-        manifest = ann.Manifest.read(manifest_path)
-        if (
-            manifest is None
-            or not index_path.is_file()
-            or manifest.format_version != ann.MANIFEST_FORMAT
-            or manifest.library != ann.HnswIndex.library
-            or manifest.dimension != dimension
-            or manifest.count != len(keys)
-            or manifest.generation != generation
-            or manifest.keys_checksum != ann.keys_checksum(keys)
-            or manifest.file_sha256 != ann.file_sha256(index_path)
-        ):
-            return None
-        try:
-            loaded = ann.HnswIndex.load(index_path, dimension, self.ann_params)
-        except (RuntimeError, ValueError, OSError):
-            return None
-        return loaded if len(loaded) == len(keys) else None
-
-    def _save_index(self, cid: int, index: ann.DenseIndex) -> None:
-        """Persist an HNSW index with its manifest (caller holds the write lock)."""
-        if not isinstance(index.inner, ann.HnswIndex):
-            return
-        generation, keys = self._state(cid)
-        index_path, manifest_path = self._ann_paths(cid)
-        manifest_path.unlink(missing_ok=True)  # never a manifest describing a half-written file
-        with index.lock:
-            digest = index.inner.save(index_path)
-        ann.Manifest(
-            format_version=ann.MANIFEST_FORMAT,
-            library=ann.HnswIndex.library,
-            library_version=ann.library_version(),
-            dimension=index.dimension,
-            metric="cos",
-            count=len(keys),
-            generation=generation,
-            keys_checksum=ann.keys_checksum(keys),
-            file_sha256=digest,
-            connectivity=self.ann_params.connectivity,
-            expansion_add=self.ann_params.expansion_add,
-        ).write(manifest_path)
-        self._saved_generation[cid] = generation
+            return self._keeper.get(c.id, c.dimension)
 
     def _apply(
         self,
@@ -621,23 +520,12 @@ class SqliteStore:
         vectors: Vectors,
     ) -> None:
         """Mirror a committed write in the dense index (caller holds the write lock)."""
-        try:
-            index.apply(removed, added, vectors)
-            if not index.is_ann and len(index) >= max(self.exact_search_below, 1):
-                self._indexes[c.id] = self._load_index(c.id, c.dimension)  # grow into HNSW
-        except BaseException:
-            self._indexes.pop(c.id, None)  # derived data: reload from SQLite on next use
-            raise
+        self._keeper.apply(c.id, c.dimension, index, removed, added, vectors)
 
     def flush(self) -> None:
         """Save every HNSW index changed since it was last saved."""
         with self._write_lock:
-            for cid, index in list(self._indexes.items()):
-                (generation,) = self._writer.execute(
-                    "SELECT generation FROM collections WHERE id = ?", (cid,)
-                ).fetchone()
-                if index.is_ann and self._saved_generation.get(cid) != generation:
-                    self._save_index(cid, index)
+            self._keeper.flush()
 
     def close(self) -> None:
         with self._write_lock:
@@ -650,7 +538,7 @@ class SqliteStore:
                 for conn in self._conns:
                     conn.close()
                 self._conns.clear()
-            self._indexes.clear()
+            self._keeper.indexes.clear()
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
 

@@ -1,20 +1,23 @@
-"""In-memory dense indexes of the embedded store: exact (numpy) and HNSW (usearch).
+"""In-memory dense indexes of the embedded store: exact (numpy) and HNSW (hnswlib).
 
 Both are *derived data*: SQLite holds every vector, so an index can always be rebuilt from it.
 A collection with fewer than ``exact_search_below`` chunks uses :class:`ExactIndex` (a matrix
 scan is exact and, at that size, about as fast as a graph walk). Larger ones use
-:class:`HnswIndex`, saved beside the database with a JSON :class:`Manifest` that ties the file
-to the database state it reflects (generation, chunk count, checksum of the keys) and to its own
-bytes (sha256). A manifest that does not match is a stale or corrupt index: it is rebuilt.
+:class:`HnswIndex` (hnswlib), saved beside the database with a JSON :class:`Manifest` that
+ties the file to the database state it reflects (generation, chunk count, checksum of the keys)
+and to its own bytes (sha256, checked before the file is handed to hnswlib). A manifest that
+does not match means a stale or corrupt index: it is rebuilt from SQLite.
 
 Keys are the chunks' SQLite rowids (never reused: ``AUTOINCREMENT``). Vectors are L2-normalized
-on the way in, so scores are cosine similarities. The ANN library was chosen by measurement:
-see ``docs/store.md`` and ``python -m bench.store_bench --compare-libraries``.
+on the way in, so scores are cosine similarities. The ANN library was chosen by measurement
+and by one hard fact (usearch 2.26 crashes a process that imports onnxruntime after it): see
+``docs/store.md`` and ``python -m bench.store_bench --compare-libraries``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import threading
@@ -22,10 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import hnswlib
 import numpy as np
 import numpy.typing as npt
-import usearch
-from usearch.index import Index
 
 Vectors = npt.NDArray[np.float32]
 Keys = npt.NDArray[np.int64]
@@ -35,7 +37,7 @@ MANIFEST_FORMAT = 1
 
 @dataclass(frozen=True, slots=True)
 class AnnParams:
-    """HNSW parameters (usearch names): graph degree and beam widths at build and query."""
+    """HNSW parameters: graph degree (M) and beam widths at build and at query time (ef)."""
 
     connectivity: int = 16
     expansion_add: int = 128
@@ -117,66 +119,90 @@ class ExactIndex:
 
 
 class HnswIndex:
-    """usearch HNSW over inner product of unit vectors (score = 1 - distance = cosine)."""
+    """hnswlib HNSW over inner product of unit vectors (score = 1 - distance = cosine).
 
-    library = "usearch"
+    Deletes mark a node deleted; later inserts reuse deleted slots (``replace_deleted``), so
+    space is reclaimed without a rebuild. Live keys are tracked here: hnswlib lists deleted
+    labels too.
+    """
 
-    def __init__(self, dimension: int, params: AnnParams, index: Index | None = None) -> None:
+    library = "hnswlib"
+
+    def __init__(
+        self,
+        dimension: int,
+        params: AnnParams,
+        index: hnswlib.Index | None = None,
+        live: set[int] | None = None,
+    ) -> None:
         self.dimension = dimension
         self.params = params
-        self._index = index or Index(
-            ndim=dimension,
-            metric="ip",
-            dtype="f32",
-            connectivity=params.connectivity,
-            expansion_add=params.expansion_add,
-            expansion_search=params.expansion_search,
-        )
-        self._set_expansion(params.expansion_search)
-
-    def _set_expansion(self, value: int) -> None:
-        self._index.expansion_search = value  # type: ignore[misc]  # the stub omits the setter
+        if index is None:
+            index = hnswlib.Index(space="ip", dim=dimension)
+            index.init_index(
+                max_elements=1024,
+                ef_construction=params.expansion_add,
+                M=params.connectivity,
+                allow_replace_deleted=True,
+            )
+        self._index = index
+        self._index.set_ef(params.expansion_search)
+        self._live: set[int] = live if live is not None else set()
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._live)
 
     def add(self, keys: Keys, vectors: Vectors) -> None:
         if len(keys) == 0:
             return
         self.remove(keys)
-        self._index.add(keys.astype(np.uint64), normalize(vectors), threads=self.params.threads)
+        need = self._index.element_count + len(keys)
+        if need > self._index.get_max_elements():
+            self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
+        self._index.add_items(
+            normalize(vectors),
+            keys.astype(np.uint64),
+            num_threads=self.params.threads or -1,
+            replace_deleted=True,
+        )
+        self._live.update(keys.tolist())
 
     def remove(self, keys: Keys) -> None:
-        present = [k for k in keys.tolist() if self._index.contains(k)]
-        if present:
-            self._index.remove(np.asarray(present, dtype=np.uint64))
+        for key in keys.tolist():
+            if key in self._live:
+                self._index.mark_deleted(key)
+                self._live.discard(key)
 
     def vectors(self, keys: Keys) -> tuple[Keys, Vectors]:
-        present = np.array([self._index.contains(k) for k in keys.tolist()], dtype=bool)
+        present = np.array([k in self._live for k in keys.tolist()], dtype=bool)
         kept = keys[present]
         if len(kept) == 0:
             return kept, np.zeros((0, self.dimension), dtype=np.float32)
-        got: Any = self._index.get(kept.astype(np.uint64), dtype="f32")
-        return kept, np.ascontiguousarray(np.stack(list(got)), dtype=np.float32)
+        got = self._index.get_items(kept.tolist(), return_type="numpy")
+        return kept, np.ascontiguousarray(got, dtype=np.float32)
 
     def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
-        count = min(k, len(self._index))
+        count = min(k, len(self._live))
         if count <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if count > self.params.expansion_search:
-            self._set_expansion(count)  # a beam narrower than k under-returns
+        ef = max(self.params.expansion_search, count)  # a beam narrower than k under-returns
+        self._index.set_ef(ef)
         try:
-            matches = self._index.search(query, count)
+            labels, distances = self._index.knn_query(query[None, :], k=count, num_threads=1)
+        except RuntimeError:  # too few reachable live nodes (many deletes): scan exactly
+            everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+            keys, vectors = self.vectors(everything)
+            return top_k(keys, vectors @ query, count)
         finally:
-            self._set_expansion(self.params.expansion_search)
-        keys = np.asarray(matches.keys, dtype=np.int64)
-        scores = 1.0 - np.asarray(matches.distances, dtype=np.float32)
+            self._index.set_ef(self.params.expansion_search)
+        keys = np.asarray(labels[0], dtype=np.int64)
+        scores = 1.0 - np.asarray(distances[0], dtype=np.float32)
         return keys, scores.astype(np.float32)
 
     def save(self, path: Path) -> str:
         """Write atomically; returns the sha256 of the file."""
         tmp = path.with_suffix(path.suffix + ".tmp")
-        self._index.save(str(tmp))
+        self._index.save_index(str(tmp))
         digest = file_sha256(tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -184,12 +210,16 @@ class HnswIndex:
         return digest
 
     @classmethod
-    def load(cls, path: Path, dimension: int, params: AnnParams) -> HnswIndex:
-        index = Index(ndim=dimension, metric="ip", dtype="f32")
-        index.load(str(path))
-        if index.ndim != dimension:
-            raise ValueError(f"index dimension {index.ndim} != {dimension}")
-        return cls(dimension, params, index)
+    def load(cls, path: Path, dimension: int, params: AnnParams, live: Keys) -> HnswIndex:
+        """Open a saved index whose live keys are ``live`` (checked by the manifest)."""
+        index = hnswlib.Index(space="ip", dim=dimension)
+        index.load_index(str(path), allow_replace_deleted=True)
+        if index.dim != dimension:
+            raise ValueError(f"index dimension {index.dim} != {dimension}")
+        loaded = cls(dimension, params, index, set(live.tolist()))
+        if len(live):  # spot-check: the first and last keys are present and not deleted
+            index.get_items([int(live[0]), int(live[-1])])
+        return loaded
 
 
 class DenseIndex:
@@ -303,4 +333,7 @@ def file_sha256(path: Path) -> str:
 
 
 def library_version() -> str:
-    return str(getattr(usearch, "__version__", "unknown"))
+    try:
+        return importlib.metadata.version("hnswlib")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
