@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ragserve.config import Settings
@@ -268,6 +276,216 @@ def collections_delete(
     finally:
         svc.close()
     console.print(f"deleted {name}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[str, typer.Argument(help="A file, a directory, or - for standard input.")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Target collection.")],
+    include: Annotated[
+        list[str] | None, typer.Option(help="Glob of files to take (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of files to skip (repeatable).")
+    ] = None,
+    create: Annotated[bool, typer.Option(help="Create the collection if missing.")] = True,
+    embedder: Annotated[str | None, typer.Option(help="Embedder of a new collection.")] = None,
+    stdin_format: Annotated[
+        str, typer.Option(help="Standard input: auto, jsonl, json or text.")
+    ] = "auto",
+) -> None:
+    """Ingest documents; ends with a summary. Exit 1 if any document failed."""
+    from ragserve.errors import CollectionNotFound
+    from ragserve.ingest import sources
+
+    svc = _service()
+    try:
+        s = svc.settings
+        try:
+            svc.get_collection(collection)
+        except CollectionNotFound:
+            if not create:
+                raise
+            svc.create_collection(collection, embedder)
+        if path == "-":
+            fmt = stdin_format if stdin_format in ("auto", "jsonl", "json", "text") else "auto"
+            items = sources.stdin_source(max_bytes=s.max_document_bytes, fmt=fmt)  # type: ignore[arg-type]
+            total = None
+        else:
+            root = Path(path)
+            if not root.exists():
+                raise fail(f"{path} does not exist", 2)
+            inc = tuple(include) if include else sources.DEFAULT_INCLUDE
+            exc = tuple(exclude) if exclude else sources.DEFAULT_EXCLUDE
+            items = sources.iter_path(
+                root, max_bytes=s.max_document_bytes, include=inc, exclude=exc
+            )
+            total = (
+                sum(1 for _ in sources.walk_files(root, include=inc, exclude=exc))
+                if root.is_dir()
+                else None
+            )
+        counts = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
+        failures: list[tuple[str, str]] = []
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task(f"ingesting into {collection}", total=total)
+            for result in svc.ingest_iter(collection, items):
+                counts[result.status] += 1
+                if result.status == "failed":
+                    failures.append((result.id, result.error or "failed"))
+                progress.advance(task)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    console.print(f"{collection}: {summary}")
+    if failures:
+        table = Table(title="failed documents")
+        table.add_column("document")
+        table.add_column("reason")
+        for doc, reason in failures:
+            table.add_row(doc, reason)
+        console.print(table)
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The query text.")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to search.")],
+    mode: Annotated[str, typer.Option(help="hybrid, dense or lexical.")] = "hybrid",
+    rerank: Annotated[bool, typer.Option(help="Rerank with the cross-encoder.")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Hits to return.")] = 10,
+    filter_json: Annotated[
+        str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. {"year": 2020}.')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Search a collection."""
+    import json
+
+    from ragserve.search import MODES, SearchRequest
+
+    if mode not in MODES:
+        raise fail(f"unknown mode {mode!r}; valid: {', '.join(MODES)}", 2)
+    try:
+        parsed_filter = json.loads(filter_json) if filter_json else None
+    except ValueError as exc:
+        raise fail(f"--filter is not valid JSON: {exc}", 2) from None
+    svc = _service()
+    try:
+        result = svc.search(
+            collection,
+            SearchRequest(
+                query=query,
+                top_k=top_k,
+                mode=mode,
+                rerank=rerank,
+                filter=parsed_filter,
+            ),
+        )
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    if as_json:
+        console.print_json(
+            data={
+                "results": [
+                    {
+                        "rank": h.rank,
+                        "document_id": h.document_id,
+                        "chunk_id": h.chunk_id,
+                        "score": h.score,
+                        "text": h.text,
+                        "metadata": h.metadata,
+                    }
+                    for h in result.hits
+                ],
+                "timings_ms": dict(result.timings_ms),
+            }
+        )
+        return
+    table = Table(title=f"{len(result.hits)} hits ({result.timings_ms['total']:.1f} ms)")
+    for col in ("rank", "score", "document", "text"):
+        table.add_column(col)
+    for h in result.hits:
+        snippet = h.text if len(h.text) <= 160 else h.text[:157] + "..."
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.document_id, snippet)
+    console.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[Path, typer.Argument(help="A BEIR dataset directory.")],
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to index into (default: eval-<dir name>).")
+    ] = None,
+    embedder: Annotated[str | None, typer.Option(help="Embedder (default: configured).")] = None,
+    rerank: Annotated[bool, typer.Option(help="Include the hybrid + rerank row.")] = True,
+    max_queries: Annotated[int | None, typer.Option(help="Only the first N test queries.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Evaluate retrieval on a BEIR dataset: nDCG@10 and Recall@100 per mode."""
+    import json
+
+    from ragserve.evalrun import RUNS, evaluate, ingest_corpus
+    from ragserve.evaluation import load_beir
+
+    try:
+        data = load_beir(dataset)
+    except RagserveError as exc:
+        raise fail(exc, 2) from None
+    name = collection or f"eval-{dataset.resolve().name}"
+    svc = _service()
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=err,
+        ) as progress:  # fmt: skip
+            task = progress.add_task(f"indexing {dataset.name}", total=None)
+            counts = ingest_corpus(
+                svc, data, name, embedder=embedder, progress=lambda _r: progress.advance(task)
+            )
+            runs = [r for r in RUNS if rerank or not r[2]]
+            qtask = progress.add_task("searching", total=len(runs) * len(data.test_queries))
+            rows = evaluate(
+                svc,
+                data,
+                name,
+                runs=runs,
+                max_queries=max_queries,
+                progress=lambda _label, _i: progress.advance(qtask),
+            )
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    table = Table(title=f"{dataset.name}: {len(data.test_queries)} test queries")
+    for col in ("run", "nDCG@10", "Recall@100", "p50 ms"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row.label, f"{row.ndcg_at_10:.4f}", f"{row.recall_at_100:.4f}", f"{row.p50_ms:.1f}"
+        )
+    console.print(table)
+    out = {
+        "dataset": str(dataset),
+        "collection": name,
+        "ingest": counts,
+        "results": [r.as_dict() for r in rows],
+    }
+    console.print_json(data=out)
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
