@@ -113,7 +113,7 @@ def _bounded_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[int, byte
         number += 1
         if len(line) > max_bytes and not line.endswith(b"\n"):
             while True:  # drain the rest of the long line without keeping it
-                rest = stream.readline(1 << 20)
+                rest = stream.readline(1 << 16)
                 if not rest or rest.endswith(b"\n"):
                     break
             yield number, None
