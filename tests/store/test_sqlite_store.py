@@ -89,11 +89,14 @@ def test_saved_index_is_reused_when_it_matches(tmp_path: Path) -> None:
     mtime = index_file.stat().st_mtime_ns
     store = open_ann(tmp_path)
     assert ids(store, vectors[9], 3)[0] == "d2#1"
+    assert store._keeper.last_load[1] == "loaded"
     store.close()
     assert index_file.stat().st_mtime_ns == mtime  # loaded, not rebuilt and saved again
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest", "no-manifest", "no-index"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "garbage", "manifest", "no-manifest", "no-index", "keys", "no-keys"]
+)
 def test_corrupt_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
     vectors = build(tmp_path)
     index_file, manifest_file = tmp_path / "ann" / "1.hnsw", tmp_path / "ann" / "1.json"
@@ -107,17 +110,22 @@ def test_corrupt_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
         manifest_file.write_text("{not json")
     elif damage == "no-manifest":
         manifest_file.unlink()
+    elif damage == "keys":
+        np.save(tmp_path / "ann" / "1.keys.npy", np.arange(400, dtype=np.int64))
+    elif damage == "no-keys":
+        (tmp_path / "ann" / "1.keys.npy").unlink()
     else:
         index_file.unlink()
     store = open_ann(tmp_path)
     q = random_unit(1, DIM, seed=8)[0]
     assert ids(store, q, 5) == exact_ids(vectors, q, k=5)
+    assert store._keeper.last_load[1] == "rebuilt"
     store.close()
     manifest = json.loads(manifest_file.read_text())  # rewritten
     assert manifest["count"] == 400
 
 
-def test_stale_index_is_rebuilt(tmp_path: Path) -> None:
+def test_stale_index_is_caught_up(tmp_path: Path) -> None:
     vectors = build(tmp_path)
     ann_dir = tmp_path / "ann"
     old = {p.name: p.read_bytes() for p in ann_dir.iterdir()}
@@ -132,6 +140,7 @@ def test_stale_index_is_rebuilt(tmp_path: Path) -> None:
     assert ids(store, more[6], 1) == ["d1001#2"]
     assert all(not i.startswith("d0#") for i in ids(store, vectors[1], 10))
     assert len(store._indexes[1]) == 400 - 4 + 40
+    assert store._keeper.last_load[1] == "caught up (+40 -4)"
     store.close()
 
 
@@ -148,6 +157,7 @@ def test_unsaved_changes_are_recovered_from_sqlite(tmp_path: Path) -> None:
     assert store.get_collection("c").chunks == 408
     assert ids(store, random_unit(8, DIM, seed=6)[3], 1) == ["d500#3"]
     assert ids(store, vectors[0], 1) == ["d0#0"]
+    assert store._keeper.last_load[1] == "caught up (+8 -0)"
     store.close()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from ragserve import __version__
+from ragserve.api.auth import document_security
 from ragserve.api.errors import install_error_handlers
 from ragserve.api.middleware import BodyLimitMiddleware
 from ragserve.api.routes import collections_router, health_router, models_router
@@ -82,6 +83,8 @@ def create_app(
     app.state.settings = settings
     app.state.readiness = state
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    if app.state.api_keys:
+        document_security(app)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(collections_router)

@@ -1,27 +1,48 @@
-"""Optional bearer-key authentication for the /v1 routes."""
+"""Optional bearer-key authentication for the /v1 routes.
+
+The OpenAPI description declares the bearer scheme only when keys are configured (see
+:func:`document_security`), so the published contract matches what the server enforces.
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Any
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 
 from ragserve.errors import Unauthorized
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from RAGSERVE_API_KEYS.")
 
-
-def require_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+def require_key(request: Request) -> None:
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
         return
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    given = credentials.credentials.encode()
+    given = token.strip().encode()
     if not any(hmac.compare_digest(given, key) for key in keys):
         raise Unauthorized("invalid API key")
+
+
+def document_security(app: FastAPI) -> None:
+    """Declare bearer authentication on every /v1 operation in the OpenAPI description."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in spec["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

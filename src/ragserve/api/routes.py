@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from ragserve.types import Document
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorResponse, "description": text}
     for code, text in {
+        400: "Malformed request body",
         401: "Missing or invalid API key",
         404: "Not found",
         409: "Conflict",
@@ -46,6 +47,10 @@ def service(request: Request) -> RetrievalService:
 
 
 Service = Annotated[RetrievalService, Depends(service)]
+CollectionName = Annotated[
+    str, Path(pattern=s.NAME_PATTERN, description="Collection name.", examples=["docs"])
+]
+DocumentId = Annotated[str, Path(min_length=1, max_length=512, description="Document id.")]
 
 health_router = APIRouter(tags=["health"])
 collections_router = APIRouter(
@@ -115,12 +120,12 @@ def list_collections(svc: Service) -> s.CollectionList:
 
 
 @collections_router.get("/{name}", operation_id="get_collection", response_model=s.Collection)
-def get_collection(name: str, svc: Service) -> s.Collection:
+def get_collection(name: CollectionName, svc: Service) -> s.Collection:
     return _collection(svc.get_collection(name))
 
 
 @collections_router.delete("/{name}", operation_id="delete_collection", status_code=204)
-def delete_collection(name: str, svc: Service) -> Response:
+def delete_collection(name: CollectionName, svc: Service) -> Response:
     svc.delete_collection(name)
     return Response(status_code=204)
 
@@ -136,7 +141,11 @@ _DOCUMENTS_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        }
                     },
                     "required": ["files"],
                 }
@@ -195,7 +204,7 @@ async def _documents_from_request(
     response_model=s.DocumentsOut,
     openapi_extra=_DOCUMENTS_BODY,
 )
-async def add_documents(name: str, request: Request, svc: Service) -> s.DocumentsOut:
+async def add_documents(name: CollectionName, request: Request, svc: Service) -> s.DocumentsOut:
     """Add or update documents (JSON records or uploaded files); one result per document."""
     items = await _documents_from_request(request, svc)
     results = await run_in_threadpool(svc.ingest, name, items)
@@ -210,7 +219,7 @@ async def add_documents(name: str, request: Request, svc: Service) -> s.Document
 @collections_router.get(
     "/{name}/documents/{document_id}", operation_id="get_document", response_model=s.DocumentOut
 )
-def get_document(name: str, document_id: str, svc: Service) -> s.DocumentOut:
+def get_document(name: CollectionName, document_id: DocumentId, svc: Service) -> s.DocumentOut:
     doc = svc.get_document(name, document_id)
     return s.DocumentOut(
         id=doc.id,
@@ -234,7 +243,7 @@ def get_document(name: str, document_id: str, svc: Service) -> s.DocumentOut:
 @collections_router.delete(
     "/{name}/documents/{document_id}", operation_id="delete_document", status_code=204
 )
-def delete_document(name: str, document_id: str, svc: Service) -> Response:
+def delete_document(name: CollectionName, document_id: DocumentId, svc: Service) -> Response:
     svc.delete_document(name, document_id)
     return Response(status_code=204)
 
@@ -243,7 +252,7 @@ def delete_document(name: str, document_id: str, svc: Service) -> Response:
 
 
 @collections_router.post("/{name}/search", operation_id="search", response_model=s.SearchOut)
-def search(name: str, body: s.SearchIn, svc: Service) -> s.SearchOut:
+def search(name: CollectionName, body: s.SearchIn, svc: Service) -> s.SearchOut:
     """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
     result = svc.search(
         name,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -101,10 +101,12 @@ class SearchIn(Strict):
     query: str = Field(min_length=1)
     top_k: int = Field(default=10, ge=1)
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
-    rerank: bool = False
+    rerank: StrictBool = False
     rerank_top_n: int = Field(default=20, ge=1, le=200)
     filter: dict[str, Any] | None = None
-    collapse: bool = Field(default=False, description="One hit per document (its best chunk).")
+    collapse: StrictBool = Field(
+        default=False, description="One hit per document (its best chunk)."
+    )
 
 
 class SearchHit(BaseModel):
@@ -125,7 +127,7 @@ class SearchOut(BaseModel):
 
 
 class EmbeddingsIn(BaseModel):
-    input: str | list[str]
+    input: str | Annotated[list[str], Field(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -165,7 +167,7 @@ class RerankIn(BaseModel):
     documents: list[str | RerankDoc] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
     model: str | None = None
-    return_documents: bool = False
+    return_documents: StrictBool = False
 
 
 class RerankResult(BaseModel):

@@ -295,6 +295,7 @@ class Manifest:
     count: int
     generation: int
     keys_checksum: str
+    keys_sha256: str
     file_sha256: str
     connectivity: int
     expansion_add: int
@@ -322,6 +323,17 @@ class Manifest:
 def keys_checksum(keys: Keys) -> str:
     """Order-independent digest of a key set (sorted int64 bytes)."""
     return hashlib.sha256(np.sort(keys.astype(np.int64)).tobytes()).hexdigest()[:32]
+
+
+def save_keys(keys: Keys, path: Path) -> str:
+    """Write the live key set atomically as ``.npy`` (no pickle); returns its sha256."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, np.ascontiguousarray(keys, dtype=np.int64), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:
