@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     max_inflight: int = Field(
         default=64, ge=1, description="Model requests admitted at once; more get 429."
     )
+    query_cache_size: int = Field(
+        default=4096, ge=0, description="Query embeddings kept in an LRU cache (0: off)."
+    )
+    rerank_cache_size: int = Field(
+        default=50_000, ge=0, description="Reranker scores kept in an LRU cache (0: off)."
+    )
 
     @field_validator("data_dir", "model_dir", "model_source_dir", "models_file", "wheelhouse")
     @classmethod

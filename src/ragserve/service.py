@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from ragserve.batching import MicroBatcher
+from ragserve.caching import ModelCaches
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, Overloaded, RagserveError
 from ragserve.ingest.chunking import chunk_document, content_hash, embedding_text
@@ -71,6 +72,8 @@ class RetrievalService:
         self._lock = threading.Lock()
         self._ingest_slots = threading.BoundedSemaphore(2)
         self._searcher = Searcher(store)
+        #: LRU caches of model outputs (query vectors, rerank logits); never of search results.
+        self.caches = ModelCaches(settings.query_cache_size, settings.rerank_cache_size)
 
     @classmethod
     def open(cls, settings: Settings, *, load_models: bool = True) -> RetrievalService:
@@ -139,9 +142,9 @@ class RetrievalService:
             return batcher
 
     def embed_queries(self, texts: Sequence[str], model: str | None = None) -> Vectors:
-        """Query embeddings, batched with other concurrent callers."""
+        """Query embeddings, batched with other concurrent callers (cached per model + text)."""
         name = self.embedder(model).name
-        rows = self._query_batcher(name)(list(texts))
+        rows = self.caches.query_vectors(name, texts, lambda miss: self._query_batcher(name)(miss))
         return np.stack(rows) if rows else np.zeros((0, self.embedder(name).dimension), "float32")
 
     def embed_documents(self, texts: Sequence[str], model: str | None = None) -> Vectors:
@@ -149,9 +152,13 @@ class RetrievalService:
             return self.embedder(model).embed_documents(texts)
 
     def rerank(self, query: str, passages: Sequence[str], model: str | None = None) -> Scores:
-        """Raw cross-encoder logits for each passage, batched with other concurrent callers."""
+        """Raw cross-encoder logits for each passage, batched with other concurrent callers.
+
+        Cached per (reranker, query, passage hash): changed or deleted chunks can't be hit."""
         name = self.reranker(model).name
-        scores = self._rerank_batcher(name)([(query, p) for p in passages])
+        scores = self.caches.rerank_scores(
+            name, query, passages, lambda pairs: self._rerank_batcher(name)(pairs)
+        )
         return np.asarray(scores, dtype=np.float32)
 
     # ------------------------------------------------------------------ collections
