@@ -186,7 +186,7 @@ def chunk_document(
         budget = max(1, min(chunk_tokens, max_tokens - prefix_len))
         if anchor - start >= budget:  # a long prefix left less room than the overlap
             start = anchor - budget // 2
-        end = _choose_end(ranks, start, anchor, budget, n)
+        end = _choose_end(ranks, start, anchor, budget, overlap, n)
         chunks.append(_make_chunk(doc, len(chunks), spans, start, end, headings, prefix, structure))
         if end >= n:
             return chunks
@@ -195,12 +195,15 @@ def chunk_document(
         anchor = end
 
 
-def _choose_end(ranks: Sequence[int], start: int, anchor: int, budget: int, n: int) -> int:
+def _choose_end(
+    ranks: Sequence[int], start: int, anchor: int, budget: int, overlap: int, n: int
+) -> int:
     limit = start + budget
     if limit >= n:
         return n
-    # Never end inside the overlap, and fill at least half the window.
-    lowest = max(anchor + 1, start + math.ceil(budget / 2))
+    # Never end inside the overlap, take more tokens than the overlap (so the next chunk can start
+    # ``overlap`` tokens back and still move on), and fill at least half the window.
+    lowest = max(anchor + 1, start + overlap + 1, start + math.ceil(budget / 2))
     best, best_rank = limit, ranks[limit]
     for i in range(limit - 1, lowest - 1, -1):
         if ranks[i] > best_rank:
