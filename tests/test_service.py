@@ -1,0 +1,135 @@
+"""The library core: ingest paths, idempotence, batching of concurrent queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragserve.ingest.sources import IngestFailure
+from ragserve.search import SearchRequest
+from ragserve.service import RetrievalService
+from ragserve.types import Document
+from tests.api.conftest import make_service, make_settings
+from tests.fakes import FakeEmbedder, Vectors
+
+
+class CountingEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        super().__init__(64, "fake-embedder")
+        self.documents_embedded = 0
+        self.query_batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        self.documents_embedded += len(texts)
+        return super().embed_documents(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        assert self.gate.wait(30)
+        self.query_batches.append(len(texts))
+        return super().embed_queries(texts)
+
+
+@pytest.fixture
+def embedder() -> CountingEmbedder:
+    return CountingEmbedder()
+
+
+@pytest.fixture
+def service(tmp_path: Path, embedder: CountingEmbedder) -> Iterator[RetrievalService]:
+    svc = make_service(make_settings(tmp_path, chunk_tokens=16, chunk_overlap=4), embedder)
+    svc.create_collection("c")
+    yield svc
+    svc.close()
+
+
+def _doc(i: int, extra: str = "") -> Document:
+    body = " ".join(f"word{i}x{j}" for j in range(40))
+    return Document(id=f"d{i}", text=f"Paragraph {i}. {body}{extra}", metadata={"i": i})
+
+
+def test_unchanged_documents_are_not_embedded_again(
+    service: RetrievalService, embedder: CountingEmbedder
+) -> None:
+    first = service.ingest("c", [_doc(i) for i in range(5)])
+    assert [r.status for r in first] == ["created"] * 5
+    assert all(r.chunks > 1 for r in first)  # 40+ words at 16 tokens a chunk
+    embedded = embedder.documents_embedded
+    assert embedded == sum(r.chunks for r in first)
+
+    again = service.ingest("c", [_doc(i) for i in range(5)])
+    assert [r.status for r in again] == ["unchanged"] * 5
+    assert [r.chunks for r in again] == [r.chunks for r in first]
+    assert embedder.documents_embedded == embedded
+
+    changed = service.ingest("c", [_doc(2, " and a new ending")])
+    assert changed[0].status == "updated"
+    assert embedder.documents_embedded == embedded + changed[0].chunks
+
+
+def test_failures_pass_through_in_order_and_the_rest_is_stored(service: RetrievalService) -> None:
+    items = [
+        _doc(1),
+        IngestFailure(source="broken.pdf", error="encrypted PDF"),
+        Document(id="empty", text="  \n "),
+        _doc(2),
+    ]
+    results = service.ingest("c", items, batch_chunks=2)
+    assert [(r.id, r.status) for r in results] == [
+        ("d1", "created"),
+        ("broken.pdf", "failed"),
+        ("empty", "failed"),
+        ("d2", "created"),
+    ]
+    assert results[1].error == "encrypted PDF"
+    assert service.get_collection("c").documents == 2
+
+
+def test_chunks_respect_the_configured_size(service: RetrievalService) -> None:
+    service.ingest("c", [_doc(7)])
+    stored = service.get_document("c", "d7")
+    assert len(stored.chunks) > 2
+    for chunk in stored.chunks:
+        assert len(chunk.text.split()) <= 16
+
+
+def test_concurrent_queries_are_batched_together(
+    service: RetrievalService, embedder: CountingEmbedder
+) -> None:
+    service.ingest("c", [_doc(i) for i in range(3)])
+    embedder.gate.clear()  # hold the model: queries pile up behind the first one
+    results: list[np.ndarray] = []
+    threads = [
+        threading.Thread(target=lambda q=q: results.append(service.embed_queries([q])))
+        for q in ("alpha", "beta", "gamma", "delta", "epsilon")
+    ]
+    batcher = service._query_batcher("fake-embedder")
+    threads[0].start()
+    _wait_until(lambda: batcher.pending == 1)
+    for t in threads[1:]:
+        t.start()
+    _wait_until(lambda: batcher.pending == 5)
+    embedder.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 5
+    assert sorted(embedder.query_batches) == [1, 4]  # the first alone, then the four waiting
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_search_uses_the_collection_embedder(service: RetrievalService) -> None:
+    service.ingest("c", [_doc(i) for i in range(3)])
+    hits = service.search("c", SearchRequest(query="word1x5 word1x6", mode="dense")).hits
+    assert hits[0].document_id == "d1"
