@@ -536,5 +536,29 @@ def eval_command(
         json_out.write_text(json.dumps(out, indent=2))
 
 
+@app.command()
+def stats(
+    url: Annotated[
+        str | None, typer.Option(help="Server base URL (default: http://RAGSERVE_HOST:PORT).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key if the server needs one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Show a running server's recent latency percentiles, caches, errors, memory and models."""
+    from ragserve.api.stats_view import fetch_stats, render_stats
+
+    if url is None:
+        s = settings()
+        url = f"http://{s.host}:{s.port}"
+    try:
+        data = fetch_stats(url, api_key)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    if as_json:
+        console.print_json(data=data)
+    else:
+        render_stats(data, console)
+
+
 if __name__ == "__main__":
     app()

@@ -20,6 +20,7 @@ from ragserve import __version__
 from ragserve.api.auth import document_security
 from ragserve.api.errors import install_error_handlers
 from ragserve.api.middleware import BodyLimitMiddleware
+from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
@@ -55,9 +56,16 @@ def _load(settings: Settings, state: Readiness, service: RetrievalService | None
 
 
 def create_app(
-    settings: Settings | None = None, service: RetrievalService | None = None
+    settings: Settings | None = None,
+    service: RetrievalService | None = None,
+    *,
+    observability: bool = True,
 ) -> FastAPI:
-    """Build the app. Pass ``service`` to serve an existing core (tests, embedding in a program)."""
+    """Build the app. Pass ``service`` to serve an existing core (tests, embedding in a program).
+
+    ``observability=False`` leaves out ``/metrics``, ``/v1/stats``, the access log and the
+    request-id middleware (``bench/metrics_overhead.py`` compares the two).
+    """
     settings = settings or (service.settings if service else Settings())
     state = Readiness(service=service)
 
@@ -90,4 +98,6 @@ def create_app(
     app.include_router(collections_router)
     app.include_router(models_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if observability:  # added last: the outermost middleware, so it sees every response
+        install_observability(app, lambda: state.service if state.ready else None)
     return app

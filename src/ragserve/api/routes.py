@@ -252,7 +252,7 @@ def delete_document(name: CollectionName, document_id: DocumentId, svc: Service)
 
 
 @collections_router.post("/{name}/search", operation_id="search", response_model=s.SearchOut)
-def search(name: CollectionName, body: s.SearchIn, svc: Service) -> s.SearchOut:
+def search(name: CollectionName, body: s.SearchIn, svc: Service, request: Request) -> s.SearchOut:
     """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
     result = svc.search(
         name,
@@ -266,6 +266,7 @@ def search(name: CollectionName, body: s.SearchIn, svc: Service) -> s.SearchOut:
             collapse=body.collapse,
         ),
     )
+    request.state.timings_ms = result.timings_ms  # for the stage histograms and the access log
     return s.SearchOut(
         results=[
             s.SearchHit(
