@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ragserve.errors import InvalidInput
 from ragserve.ingest.chunking import (
     chunk_document,
+    content_budget,
     content_hash,
     embedding_text,
     heading_prefix,
@@ -111,6 +112,11 @@ def test_prefix_counts_against_the_model_limit() -> None:
     )
     assert tokens(chunks[0].metadata["embed_prefix"]) == 10
     assert all(tokens(embedding_text(c)) <= 40 for c in chunks)
+
+
+def test_content_budget() -> None:
+    assert content_budget(512, ws_spans) == 510
+    assert content_budget(512, ws_spans, "passage: ") == 509
 
 
 def test_heading_prefix_drops_an_h1_equal_to_the_title() -> None:

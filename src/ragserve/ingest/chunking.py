@@ -48,6 +48,7 @@ _PARAGRAPH_GAP = re.compile(r"\n[ \t\r\f\v]*\n")
 __all__ = [
     "TokenSpans",
     "chunk_document",
+    "content_budget",
     "content_hash",
     "embedding_text",
     "heading_prefix",
@@ -77,6 +78,13 @@ class _Structure:
             s.page for s in self.sections if s.page is not None and s.start < end and s.end > start
         }
         return sorted(found)
+
+
+def content_budget(max_length: int, token_spans: TokenSpans, document_prefix: str = "") -> int:
+    """``max_tokens`` for :func:`chunk_document` from a model spec: its ``max_length`` less the
+    two special tokens ([CLS] ... [SEP]) and the tokens of the document prefix it adds itself."""
+    prefix_tokens = len(token_spans(document_prefix)) if document_prefix else 0
+    return max(1, max_length - 2 - prefix_tokens)
 
 
 def heading_prefix(title: str | None, headings: Sequence[str]) -> str:
@@ -148,8 +156,9 @@ def chunk_document(
 ) -> list[Chunk]:
     """Cut ``doc`` into chunks of at most ``chunk_tokens`` tokens sharing ``overlap`` tokens.
 
-    ``max_tokens`` bounds prefix + span (pass the embedder's max length less its special tokens and
-    less any document prefix the embedder adds itself). A document without tokens has no chunks.
+    ``max_tokens`` bounds prefix + span: :func:`content_budget` computes it from the embedder's
+    ``max_length`` and document prefix (510 for bge-small). A document without tokens has no
+    chunks.
     See the module docstring for where chunks end and what their metadata holds.
     """
     if chunk_tokens < 1:
