@@ -95,6 +95,26 @@ def pad_batch(
     return ids, mask, types
 
 
+def pool(
+    hidden: Vectors, mask: npt.NDArray[np.int64], pooling: Pooling, *, normalize: bool = True
+) -> Vectors:
+    """CLS or masked-mean pooling of ``hidden`` (batch x tokens x dim), then L2 normalization.
+
+    A 2-d ``hidden`` is taken as already pooled by the model.
+    """
+    if hidden.ndim == 2:
+        pooled = hidden
+    elif pooling is Pooling.CLS:
+        pooled = hidden[:, 0, :]
+    else:
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    if normalize:
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        pooled = pooled / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
 class OnnxEmbedder:
     """An ONNX encoder model with its tokenizer, pooling and prefixes from the catalog spec."""
 
@@ -140,17 +160,7 @@ class OnnxEmbedder:
         return self.pool(np.asarray(hidden, dtype=np.float32), mask)
 
     def pool(self, hidden: Vectors, mask: npt.NDArray[np.int64]) -> Vectors:
-        if hidden.ndim == 2:  # the model already pooled
-            pooled = hidden
-        elif self.spec.pooling is Pooling.CLS:
-            pooled = hidden[:, 0, :]
-        else:
-            weights = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self.spec.normalize:
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            pooled = pooled / np.maximum(norms, 1e-12)
-        return np.ascontiguousarray(pooled, dtype=np.float32)
+        return pool(hidden, mask, self.spec.pooling, normalize=self.spec.normalize)
 
     # ------------------------------------------------------------------ API
 

@@ -82,8 +82,8 @@ def sample_texts() -> list[str]:
     """
     n = len(_SAMPLE_SENTENCES)
     long_texts = [
-        " ".join(_SAMPLE_SENTENCES[i % n :] + _SAMPLE_SENTENCES[: i % n]) * (1 + i % 3)
-        for i in range(0, 3 * n, 3)
+        " ".join(_SAMPLE_SENTENCES[3 * k % n :] + _SAMPLE_SENTENCES[: 3 * k % n]) * (1 + k % 3)
+        for k in range(n)
     ]
     return [*_SAMPLE_SENTENCES, *long_texts]
 

