@@ -1,13 +1,16 @@
 """Store backends under test. The contract suite runs once per entry of ``STORE_FACTORIES``.
 
-A factory takes a fresh directory and returns an open store. The PostgreSQL backend will be
-added here (a ``pgserver`` instance per session) when it exists.
+A factory takes a fresh directory and returns an open store. The PostgreSQL variants
+(``POSTGRES_VARIANTS``, marked ``postgres``) run against a real server: one ``pgserver``
+(PostgreSQL + pgvector from PyPI) per test session, a fresh database per test.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,8 +27,55 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
 }
 
 
-@pytest.fixture(params=sorted(STORE_FACTORIES))
+#: Connection options of each PostgreSQL variant of the contract suite.
+POSTGRES_VARIANTS: dict[str, dict[str, Any]] = {
+    # The planner's choice (exact scans of small tables, HNSW on large ones).
+    "postgres": {},
+    # Sequential scans discouraged: dense searches go through the HNSW index first, so the
+    # exact fallback of filtered searches (pgvector < 0.8) is exercised.
+    "postgres-hnsw": {"options": "-c enable_seqscan=off"},
+}
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real PostgreSQL + pgvector server for the session (Unix socket in its data dir)."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's server; dropped after the test."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
+
+
+_STORE_PARAMS = [
+    *sorted(STORE_FACTORIES),
+    *(pytest.param(name, marks=pytest.mark.postgres) for name in sorted(POSTGRES_VARIANTS)),
+]
+
+
+@pytest.fixture(params=_STORE_PARAMS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = STORE_FACTORIES[request.param](tmp_path / "store")
+    if request.param in POSTGRES_VARIANTS:
+        from ragserve.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        opened: Store = PostgresStore(dsn, connect_kwargs=POSTGRES_VARIANTS[request.param])
+    else:
+        opened = STORE_FACTORIES[request.param](tmp_path / "store")
     yield opened
     opened.close()

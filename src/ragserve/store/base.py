@@ -207,6 +207,7 @@ StoreFactory = Callable[["Settings"], Store]
 #: optional dependencies (psycopg) load only when that backend is chosen.
 BACKENDS: dict[str, str | StoreFactory] = {
     "sqlite": "ragserve.store.sqlite:SqliteStore.from_settings",
+    "postgres": "ragserve.store.postgres:PostgresStore.from_settings",
 }
 
 
