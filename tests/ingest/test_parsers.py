@@ -111,6 +111,17 @@ def test_html_keeps_the_article_and_drops_chrome(tmp_path: Path) -> None:
     assert ("Grounding models", "How retrieval works") in headings
 
 
+def test_html_short_page_chrome_is_removed_but_article_header_kept() -> None:
+    page = (
+        b"<html><body><header>Site name</header><nav>Home About</nav>"
+        b"<article><header><h1>Hello</h1></header><p>Body text.</p></article>"
+        b"<footer>foot</footer></body></html>"
+    )
+    doc = parse_bytes(page, "short.html", max_bytes=MAX)
+    assert doc.text == "Hello\n\nBody text."
+    assert doc.sections[0].headings == ("Hello",)
+
+
 def test_html_by_content_type_and_sniffing() -> None:
     assert detect_type(b"<!DOCTYPE html><html>", "upload") is FileType.HTML
     assert detect_type(b"x", "upload", "text/html; charset=utf-8") is FileType.HTML

@@ -145,6 +145,16 @@ def test_stdin_jsonl_and_text() -> None:
     assert [d.id for d in docs] == ["j"]
 
 
+def test_stdin_jsonl_across_the_sniffed_head() -> None:
+    lines = [json.dumps({"id": f"r{i}", "text": f"record number {i}"}) for i in range(3000)]
+    stream = io.BytesIO(("\n".join(lines) + "\n").encode())
+    docs, fails = split(iter_stream(stream, max_bytes=100))
+    assert not fails and [d.id for d in docs] == [f"r{i}" for i in range(3000)]
+    big = io.BytesIO(b'{"id": "a", "text": "' + b"z" * 500 + b'"}\n{"id": "b", "text": "ok"}\n')
+    docs, fails = split(iter_stream(big, max_bytes=100))
+    assert [d.id for d in docs] == ["b"] and fails[0].source == "<stdin>:1"
+
+
 def test_globs() -> None:
     assert glob_regex("**/*.md").match("a/b/c.md") and glob_regex("**/*.md").match("c.md")
     assert not glob_regex("*.md").match("a/c.md")

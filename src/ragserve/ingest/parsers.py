@@ -400,6 +400,18 @@ def _html_fragment_text(html: str) -> str:
     return (tree.body.text(separator=" ") if tree.body else tree.text(separator=" ")).strip()
 
 
+_CHROME = "script, style, noscript, template, nav, aside, footer, form, [role=navigation]"
+
+
+def _inside(node: Any, tags: tuple[str, ...]) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.tag in tags:
+            return True
+        parent = parent.parent
+    return False
+
+
 def _parse_html(data: bytes) -> _Parsed:
     import trafilatura
     from selectolax.lexbor import LexborHTMLParser as HTMLParser
@@ -407,8 +419,17 @@ def _parse_html(data: bytes) -> _Parsed:
     tree = HTMLParser(data)
     title_node = tree.css_first("title")
     page_title = " ".join(title_node.text().split()) if title_node else ""
+    meta = trafilatura.extract_metadata(data)
+    # Semantic chrome goes before trafilatura looks for the main content (it keeps some chrome on
+    # short pages); a <header> inside an article or main holds the article's own heading: kept.
+    for node in tree.css(_CHROME):
+        node.decompose()
+    for node in tree.css("header"):
+        if not _inside(node, ("article", "main")):
+            node.decompose()
+    cleaned = tree.html or ""
     extracted = trafilatura.extract(
-        data,
+        cleaned,
         output_format="markdown",
         include_formatting=True,
         include_links=False,
@@ -419,19 +440,15 @@ def _parse_html(data: bytes) -> _Parsed:
     )
     if extracted and extracted.strip():
         parsed = markdown_to_parsed(extracted)
-        meta = trafilatura.extract_metadata(data)
         parsed.title = (meta.title if meta is not None else None) or page_title or parsed.title
         parsed.metadata["extractor"] = "trafilatura"
         return parsed
-    # Fallback: the body without the usual chrome.
-    for node in tree.css("script, style, noscript, nav, header, footer, aside, form, template"):
-        node.decompose()
+    # Fallback: the body's text, a block per line.
     body = tree.body or tree.root
     text = body.text(separator="\n") if body is not None else ""
-    lines = [" ".join(line.split()) for line in text.splitlines()]
     builder = _Builder()
-    for line in lines:
-        builder.block(line, "line")
+    for line in text.splitlines():
+        builder.block(" ".join(line.split()), "line")
     parsed = builder.build()
     parsed.title = page_title or None
     parsed.metadata["extractor"] = "selectolax"

@@ -57,6 +57,8 @@ __all__ = [
     "iter_path",
     "iter_records",
     "iter_stream",
+    "stdin_source",
+    "walk_files",
 ]
 
 IdScheme = Literal["relative", "absolute"]
