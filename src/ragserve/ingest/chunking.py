@@ -107,9 +107,11 @@ def embedding_text(chunk: Chunk) -> str:
     return f"{prefix}{chunk.text}" if isinstance(prefix, str) else chunk.text
 
 
-def _section_ranks(text: str, spans: Sequence[tuple[int, int]], structure: _Structure) -> list[int]:
-    """Like :func:`_boundary_ranks`, with section changes found by one merge over sorted starts."""
-    ranks = _boundary_ranks_no_sections(text, spans)
+def _boundary_ranks(
+    text: str, spans: Sequence[tuple[int, int]], structure: _Structure
+) -> list[int]:
+    """``ranks[i]``: how good a chunk end is between token ``i - 1`` and token ``i``."""
+    ranks = _text_ranks(text, spans)
     starts = sorted({s.start for s in structure.sections} | {s.end for s in structure.sections})
     for offset in starts:
         i = bisect.bisect_left(spans, (offset, -1))  # first token starting at or after offset
@@ -118,7 +120,8 @@ def _section_ranks(text: str, spans: Sequence[tuple[int, int]], structure: _Stru
     return ranks
 
 
-def _boundary_ranks_no_sections(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+def _text_ranks(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Paragraph breaks (a blank line), sentence ends and line breaks between tokens."""
     ranks = [TOKEN] * (len(spans) + 1)
     for i in range(1, len(spans)):
         prev_start, prev_end = spans[i - 1]
@@ -174,7 +177,7 @@ def chunk_document(
     if not spans:
         return []
     structure = _Structure.of(doc)
-    ranks = _section_ranks(text, spans, structure)
+    ranks = _boundary_ranks(text, spans, structure)
     prefix_limit = max(0, max_tokens // 4)
     prefix_cache: dict[tuple[str, ...], tuple[str, int]] = {}
 

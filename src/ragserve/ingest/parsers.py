@@ -19,12 +19,9 @@ Every document's ``metadata`` holds ``source`` (the path or upload name), ``file
 
 from __future__ import annotations
 
-import enum
 import io
-import json
 import re
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -32,10 +29,21 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from ragserve.errors import InvalidInput, PayloadTooLarge
+from ragserve.ingest.detect import (
+    EXTENSIONS,
+    SNIFF_BYTES,
+    FileType,
+    ParseError,
+    UnsupportedType,
+    check_size,
+    decode_text,
+    detect_type,
+)
+from ragserve.ingest.records import record_to_document, single_record
 from ragserve.types import Document, JSONDict, Section
 
 __all__ = [
+    "EXTENSIONS",
     "FileType",
     "ParseError",
     "UnsupportedType",
@@ -46,140 +54,6 @@ __all__ = [
     "parse_file",
     "record_to_document",
 ]
-
-
-class ParseError(InvalidInput):
-    """One document could not be turned into text (corrupt, encrypted, empty, not UTF-8...)."""
-
-    error_type = "parse_error"
-
-
-class UnsupportedType(ParseError):
-    error_type = "unsupported_type"
-
-
-class FileType(enum.Enum):
-    TEXT = "text/plain"
-    MARKDOWN = "text/markdown"
-    HTML = "text/html"
-    PDF = "application/pdf"
-    DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-    JSON = "application/json"
-    JSONL = "application/x-ndjson"
-
-    @property
-    def is_records(self) -> bool:
-        return self in (FileType.JSON, FileType.JSONL)
-
-    @property
-    def is_text(self) -> bool:
-        return self not in (FileType.PDF, FileType.DOCX)
-
-
-EXTENSIONS: dict[str, FileType] = {
-    ".txt": FileType.TEXT,
-    ".text": FileType.TEXT,
-    ".md": FileType.MARKDOWN,
-    ".markdown": FileType.MARKDOWN,
-    ".html": FileType.HTML,
-    ".htm": FileType.HTML,
-    ".xhtml": FileType.HTML,
-    ".pdf": FileType.PDF,
-    ".docx": FileType.DOCX,
-    ".json": FileType.JSON,
-    ".jsonl": FileType.JSONL,
-    ".ndjson": FileType.JSONL,
-}
-
-_CONTENT_TYPES: dict[str, FileType] = {
-    **{t.value: t for t in FileType},
-    "text/x-markdown": FileType.MARKDOWN,
-    "application/xhtml+xml": FileType.HTML,
-    "application/jsonl": FileType.JSONL,
-    "application/json-lines": FileType.JSONL,
-    "application/jsonlines": FileType.JSONL,
-}
-
-_SNIFF_BYTES = 8192
-
-
-# ------------------------------------------------------------------------------------- detection
-
-
-def check_size(size: int, max_bytes: int, what: str) -> None:
-    if size > max_bytes:
-        raise PayloadTooLarge(
-            f"{what} is {size:,} bytes, over the limit of {max_bytes:,} (max_document_bytes)"
-        )
-
-
-def _sniff(head: bytes) -> FileType | None:
-    """The type the first bytes prove, or None for text of no particular kind."""
-    if head.startswith(b"%PDF-"):
-        return FileType.PDF
-    if head.startswith(b"PK\x03\x04"):
-        return FileType.DOCX  # confirmed (or refused) when the zip is opened
-    if _looks_binary(head):
-        raise ParseError("binary content (not text): refused")
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if stripped.startswith((b"<!doctype html", b"<html")):
-        return FileType.HTML
-    return None
-
-
-def _looks_binary(head: bytes) -> bool:
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM is text
-        return False
-    if b"\x00" in head:
-        return True
-    controls = sum(1 for b in head if (b < 32 and b not in (9, 10, 12, 13, 27)) or b == 127)
-    return bool(head) and controls / len(head) > 0.1
-
-
-def detect_type(head: bytes, filename: str, content_type: str | None = None) -> FileType:
-    """The file's type from its name, else the declared content type, else its first bytes."""
-    suffix = PurePath(filename).suffix.lower()
-    claimed = EXTENSIONS.get(suffix)
-    if claimed is None and content_type:
-        claimed = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
-    if claimed is None and suffix:
-        supported = ", ".join(sorted(EXTENSIONS))
-        raise UnsupportedType(f"unsupported file type {suffix!r} (supported: {supported})")
-    sniffed = _sniff(head)
-    if claimed is None:
-        return sniffed or FileType.TEXT
-    if sniffed in (FileType.PDF, FileType.DOCX) and sniffed is not claimed:
-        kind = "a PDF" if sniffed is FileType.PDF else "a ZIP/DOCX archive"
-        raise ParseError(f"named as {claimed.name.lower()} but the content is {kind}: refused")
-    if claimed is FileType.PDF and sniffed is not FileType.PDF:
-        raise ParseError("not a PDF: the file does not start with a %PDF- header")
-    if claimed is FileType.DOCX and sniffed is not FileType.DOCX:
-        raise ParseError("not a DOCX: the file is not a ZIP archive")
-    return claimed
-
-
-def decode_text(data: bytes) -> str:
-    """Strict UTF-8 (a UTF-8 or UTF-16 BOM is honoured); newlines normalized to ``\\n``."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise ParseError(f"invalid UTF-16 at byte {exc.start}") from None
-    else:
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-            line = data.count(b"\n", 0, offset) + 1
-            column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-            raise ParseError(
-                f"invalid UTF-8 at byte {offset} (line {line}, column {column}): "
-                f"byte 0x{data[offset]:02x}"
-            ) from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\x00" in text:
-        raise ParseError("binary content (NUL characters in text): refused")
-    return text
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -223,12 +97,12 @@ def parse_bytes(
     check_size(len(data), max_bytes, "the document")
     if not data.strip():
         raise ParseError("empty document")
-    kind = detect_type(data[:_SNIFF_BYTES], filename, content_type)
+    kind = detect_type(data[:SNIFF_BYTES], filename, content_type)
     source = source or filename
     meta: JSONDict = {"source": source, "filename": PurePath(filename).name}
     doc_id = doc_id or source
     if kind.is_records:
-        return _single_record(data, kind, doc_id, max_bytes)
+        return single_record(data, kind, doc_id, max_bytes)
     parsed = _PARSERS[kind](data)
     meta["content_type"] = kind.value
     meta.update(parsed.metadata)
@@ -554,105 +428,3 @@ _PARSERS = {
     FileType.PDF: _parse_pdf,
     FileType.DOCX: _parse_docx,
 }
-
-
-# ------------------------------------------------------------------------------- JSON records
-
-RECORD_FIELDS = ("id", "text", "title", "metadata")
-
-
-def record_to_document(record: object, *, fallback_id: str | None, max_bytes: int) -> Document:
-    """Validate one JSON record (``id``, ``text``, optional ``title``, ``metadata``).
-
-    ``id`` may be a string or an integer; without one, ``fallback_id`` is used (sources pass
-    ``<source>#<line>``) or the record is refused. Unknown fields are refused, not dropped.
-    """
-    if not isinstance(record, Mapping):
-        raise ParseError(f"a record must be a JSON object, got {_json_type(record)}")
-    unknown = sorted(set(record) - set(RECORD_FIELDS))
-    if unknown:
-        raise ParseError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} "
-            f"(allowed: {', '.join(RECORD_FIELDS)})"
-        )
-    raw_id = record.get("id")
-    if raw_id is None:
-        if fallback_id is None:
-            raise ParseError("record has no 'id'")
-        doc_id = fallback_id
-    elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-        raise ParseError(f"'id' must be a string or an integer, got {_json_type(raw_id)}")
-    else:
-        doc_id = str(raw_id)
-        if not doc_id.strip():
-            raise ParseError("'id' is empty")
-    text = record.get("text")
-    if text is None:
-        raise ParseError(f"record {doc_id!r} has no 'text'")
-    if not isinstance(text, str):
-        raise ParseError(f"record {doc_id!r}: 'text' must be a string, got {_json_type(text)}")
-    _check_unicode(text, f"record {doc_id!r}: 'text'")
-    check_size(len(text.encode("utf-8")), max_bytes, f"record {doc_id!r}")
-    if not text.strip():
-        raise ParseError(f"record {doc_id!r}: 'text' is empty")
-    title = record.get("title")
-    if title is not None and not isinstance(title, str):
-        raise ParseError(f"record {doc_id!r}: 'title' must be a string, got {_json_type(title)}")
-    metadata = record.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, Mapping):
-        raise ParseError(
-            f"record {doc_id!r}: 'metadata' must be an object, got {_json_type(metadata)}"
-        )
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ParseError(f"record {doc_id!r}: 'metadata' is not JSON data ({exc})") from None
-    return Document(
-        id=doc_id,
-        text=text.replace("\r\n", "\n"),
-        title=title.strip() or None if title else None,
-        metadata=dict(metadata),
-    )
-
-
-def _check_unicode(text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ParseError(f"{what} is not valid Unicode (lone surrogate at {exc.start})") from None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-def _single_record(data: bytes, kind: FileType, doc_id: str, max_bytes: int) -> Document:
-    text = decode_text(data)
-    if kind is FileType.JSONL:
-        lines = [line for line in text.splitlines() if line.strip()]
-        if len(lines) != 1:
-            raise ParseError(f"this JSONL holds {len(lines)} records: read it with iter_bytes")
-        text = lines[0]
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    if isinstance(record, list):
-        raise ParseError(f"this JSON array holds {len(record)} records: read it with iter_bytes")
-    return record_to_document(record, fallback_id=doc_id, max_bytes=max_bytes)

@@ -36,6 +36,7 @@ from typing import BinaryIO, Literal
 import ijson  # type: ignore[import-untyped]
 
 from ragserve.errors import RagserveError
+from ragserve.ingest.detect import SNIFF_BYTES
 from ragserve.ingest.parsers import (
     FileType,
     ParseError,
@@ -241,7 +242,7 @@ def iter_bytes(
     The whole upload is already in memory here (the HTTP layer bounds it with its body limit).
     """
     try:
-        kind = detect_type(data[:8192], filename, content_type)
+        kind = detect_type(data[:SNIFF_BYTES], filename, content_type)
     except RagserveError as exc:
         yield IngestFailure.of(filename, exc)
         return
@@ -263,7 +264,7 @@ def iter_file(
     source = source or path.as_posix()
     try:
         with path.open("rb") as fh:
-            head = fh.read(8192)
+            head = fh.read(SNIFF_BYTES)
             kind = detect_type(head, path.name)
             if kind.is_records:
                 fh.seek(0)
