@@ -560,5 +560,49 @@ def stats(
         render_stats(data, console)
 
 
+@app.command("migrate")
+def migrate_cmd(
+    source: Annotated[str, typer.Option("--from", help="Source: sqlite:PATH or postgres:DSN.")],
+    target: Annotated[str, typer.Option("--to", help="Target: sqlite:PATH or postgres:DSN.")],
+    collection: Annotated[
+        list[str] | None, typer.Option(help="Only this collection (repeatable; default: all).")
+    ] = None,
+) -> None:
+    """Copy collections with their documents, chunks, hashes and vectors (no re-embedding)."""
+    from rich.progress import TaskID
+
+    from ragserve.store.migrate import migrate, open_endpoint
+
+    stores = []
+    try:
+        stores.append(open_endpoint(source, settings()))
+        stores.append(open_endpoint(target, settings()))
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        ) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def advance(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"copying {name}", total=total)
+                bar.update(tasks[name], completed=done)
+
+            reports = migrate(stores[0], stores[1], collection, advance)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        for opened in stores:
+            opened.close()
+    for r in reports:
+        console.print(
+            f"{r.name}: {r.documents} documents, {r.chunks} chunks verified "
+            f"({r.copied} copied, {r.skipped} already there)"
+        )
+
+
 if __name__ == "__main__":
     app()

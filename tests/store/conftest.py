@@ -7,6 +7,8 @@ A factory takes a fresh directory and returns an open store. The PostgreSQL vari
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,12 +40,15 @@ POSTGRES_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def postgres_server() -> Iterator[Any]:
     """A real PostgreSQL + pgvector server for the session (Unix socket in its data dir)."""
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # Our own directory: pytest prunes old basetemp dirs, also those of concurrent runs.
+    data = Path(tempfile.mkdtemp(prefix="ragserve-pg-"))
+    server = pgserver.get_server(data, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

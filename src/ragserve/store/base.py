@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -117,6 +117,11 @@ class Store(Protocol):
     def lexical_search(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
     ) -> list[ScoredChunk]: ...
+
+    def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
+        """Every document of ``collection`` (by id) with its chunks in index order and their
+        vectors (one row per chunk), each document read in one snapshot: for migrations."""
+        ...
 
     def close(self) -> None: ...
 

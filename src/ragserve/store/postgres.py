@@ -345,7 +345,7 @@ class PostgresStore:
         ).fetchall()
         chunks = tuple(Chunk(row[1], r[0], r[1], r[2], r[3], r[4]) for r in chunk_rows)
         vectors = (
-            np.array([r[5] for r in chunk_rows], dtype=np.float32).reshape(-1, c.dimension)
+            np.array([_numpy(r[5]) for r in chunk_rows], np.float32).reshape(-1, c.dimension)
             if with_vectors
             else np.zeros((0, c.dimension), np.float32)
         )
@@ -490,6 +490,12 @@ class PostgresStore:
 
 def _scored(row: tuple[Any, ...]) -> ScoredChunk:
     return ScoredChunk(row[0], int(row[1]), row[2], float(row[3]), row[4], row[5])
+
+
+def _numpy(value: Any) -> Vectors:
+    """A vector column value (pgvector's ``Vector``, or an array) as float32."""
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -426,6 +426,42 @@ class SqliteStore:
             empty = np.zeros((0, c.dimension), dtype=np.float32)
             self._apply(c, index, removed, np.zeros(0, dtype=np.int64), empty)
 
+    def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
+        """Every document of ``collection`` with its chunks and vectors (for migrations)."""
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT doc_id FROM documents WHERE collection_id = ? ORDER BY doc_id", (c.id,)
+            ).fetchall()
+        ]
+        for doc_id in ids:
+            conn.execute("BEGIN")  # one snapshot per document
+            try:
+                row = conn.execute(
+                    "SELECT id, doc_id, title, metadata, content_hash, created_at, updated_at "
+                    "FROM documents WHERE collection_id = ? AND doc_id = ?",
+                    (c.id, doc_id),
+                ).fetchone()
+                chunk_rows = conn.execute(
+                    "SELECT idx, text, start_char, end_char, metadata, vector FROM chunks "
+                    "WHERE document_id = ? ORDER BY idx",
+                    (row[0] if row else -1,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            if row is None:  # deleted since the listing
+                continue
+            chunks = tuple(
+                Chunk(doc_id, idx, text, start, end, json.loads(meta))
+                for idx, text, start, end, meta, _ in chunk_rows
+            )
+            blob = b"".join(r[5] for r in chunk_rows)
+            vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(chunk_rows), c.dimension)
+            doc = StoredDocument(doc_id, row[2], json.loads(row[3]), row[4], row[5], row[6], chunks)
+            yield doc, vectors.copy()
+
     # ------------------------------------------------------------------ search
 
     def dense_search(
