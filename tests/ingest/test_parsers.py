@@ -99,6 +99,21 @@ def test_docx_headings_from_styles(tmp_path: Path) -> None:
     assert scope.metadata["embed_prefix"] == "Quarterly Report\nIntroduction > Scope\n\n"
 
 
+def test_docx_zip_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import zipfile
+
+    from ragserve.ingest import parsers
+
+    monkeypatch.setattr(parsers, "DOCX_MAX_EXPANDED", 1_000_000)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("word/document.xml", b"<w/>")
+        zf.writestr("word/media/huge.bin", b"\x00" * 2_000_000)
+    with pytest.raises(ParseError, match=r"DOCX expands to 2,000,004 bytes .* \(ZIP bomb\?\)"):
+        parse_bytes(buffer.getvalue(), "bomb.docx", max_bytes=MAX)
+
+
 def test_html_keeps_the_article_and_drops_chrome(tmp_path: Path) -> None:
     doc = parse_bytes(HTML_PAGE.encode(), "page.html", max_bytes=MAX)
     assert doc.title == "Grounding models"

@@ -375,6 +375,10 @@ def _parse_pdf(data: bytes) -> _Parsed:
     return _Parsed("".join(parts), title or None, covered, {"pages": len(pages)})
 
 
+#: A DOCX may expand this many times its size (typical: 3-10x), or to this many bytes, not more.
+DOCX_MAX_RATIO = 100
+DOCX_MAX_EXPANDED = 64 * 1024 * 1024
+
 _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
@@ -387,6 +391,11 @@ def _parse_docx(data: bytes) -> _Parsed:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             if "word/document.xml" not in zf.namelist():
                 raise ParseError("not a DOCX: the ZIP archive has no word/document.xml")
+            expanded = sum(info.file_size for info in zf.infolist())
+            if expanded > max(DOCX_MAX_RATIO * len(data), DOCX_MAX_EXPANDED):
+                raise ParseError(
+                    f"DOCX expands to {expanded:,} bytes from {len(data):,}: refused (ZIP bomb?)"
+                )
         document = docx.Document(io.BytesIO(data))
         blocks = list(document.iter_inner_content())
         core_title = document.core_properties.title
