@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON figures (not part of the default test run)."""
