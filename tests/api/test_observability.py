@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -441,3 +442,17 @@ def test_without_observability_there_is_no_metrics_route(tmp_path: Path) -> None
         assert client.get("/metrics").status_code == 404
         assert "x-request-id" not in client.get("/healthz").headers
     app.state.readiness.service.close()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_server_exposes(client: TestClient) -> None:
+    client.post("/v1/collections/docs/search", json={"query": "barn", "rerank": True})
+    client.get("/v1/collections/nope")  # labelled counters have no series before a first event
+    exposed = {name for name, _ in _samples(client)}
+    path = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "ragserve.json"
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b((?:ragserve|process)_[a-z_]+)\b", e)}
+    assert used and used <= exposed, used - exposed
+    assert any("histogram_quantile(0.99" in e for e in exprs)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
