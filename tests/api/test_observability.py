@@ -456,3 +456,12 @@ def test_the_grafana_dashboard_queries_only_metrics_the_server_exposes(client: T
     assert any("histogram_quantile(0.99" in e for e in exprs)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_unknown_methods_share_one_label(client: TestClient) -> None:
+    for method in ("FOO", "BAR", "BAZ"):
+        assert client.request(method, "/healthz").status_code == 405
+    samples = _samples(client)
+    methods = {dict(ls).get("method") for n, ls in samples if n == "ragserve_http_requests_total"}
+    assert "OTHER" in methods and not methods & {"FOO", "BAR", "BAZ"}
+    assert _sum(samples, "ragserve_http_requests_total", method="OTHER", status="405") == 3

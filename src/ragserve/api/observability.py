@@ -40,6 +40,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 TIMINGS_KEY = "timings_ms"
 _VALID_ID = re.compile(rb"[\x20-\x7e]{1,128}")
 _ERROR_BODY_LIMIT = 4096
+#: Methods kept as metric labels; any other becomes "OTHER" (clients choose the method, and
+#: every distinct label value is a new time series).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -124,7 +127,7 @@ class ObservabilityMiddleware:
             error_type = _error_type(bytes(error_body)) if error_body is not None else None
             if status >= 400 and error_type is None:
                 error_type = "unknown"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             self.metrics.observe_request(
                 method, route, status, seconds, error_type=error_type, stages_ms=stages
             )
