@@ -55,10 +55,11 @@ class SearchRequest:
     lexical_weight: float = 1.0
     #: Characters of each passage given to the reranker (it also truncates by tokens).
     rerank_max_chars: int = 2000
-    #: Weights of the retrieval rank and of the reranker rank in the final fusion.
+    #: Fusion of the reranked head: weight of the retrieval ranks (times each side's weight),
+    #: weight of the reranker's rank, and the RRF constant (see :func:`rerank_fuse`).
     rerank_retrieval_weight: float = 1.0
     rerank_weight: float = 1.0
-    rerank_rrf_k: int = 10
+    rerank_rrf_k: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,30 +111,49 @@ def rrf(rankings: Sequence[tuple[Sequence[ScoredChunk], float, str]], k: int) ->
     return fused
 
 
+def _ranks(values: Sequence[float]) -> npt.NDArray[np.int64]:
+    """1-based ranks, best (highest) first; ties keep the given order."""
+    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
 def rerank_fuse(
     candidates: list[_Candidate],
     logits: Sequence[float],
     *,
-    retrieval_weight: float,
+    signals: Mapping[str, float],
     rerank_weight: float,
     k: int,
+    missing: Literal["worst", "skip"] = "worst",
 ) -> list[_Candidate]:
-    """Fuse the retrieval order of the first ``len(logits)`` candidates with the reranker's.
+    """Reciprocal rank fusion over the reranked head: the reranker is one more ranked list.
 
-    Candidates beyond the reranked head keep their order after it (their scores are lower by
-    construction: both of their ranks are worse than any head candidate's worst).
+    For the first ``len(logits)`` candidates, each retrieval signal in ``signals`` (name ->
+    weight; "dense", "lexical") ranks the head by that signal's own score, the reranker ranks it
+    by its logits, and ``score = sum(weight / (k + rank))``. A candidate a signal did not find
+    ranks last for it (``missing="worst"``) or gets nothing from it (``"skip"``). Candidates
+    beyond the head keep their order below it.
     """
     n = len(logits)
     head, tail = candidates[:n], candidates[n:]
-    order = np.argsort(-np.asarray(logits, dtype=np.float64), kind="stable")
-    rerank_rank = np.empty(n, dtype=np.int64)
-    rerank_rank[order] = np.arange(1, n + 1)
+    total = rerank_weight / (k + _ranks(logits).astype(np.float64))
+    for name, weight in signals.items():
+        values = [c.scores.get(name) for c in head]
+        if weight == 0 or all(v is None for v in values):
+            continue
+        found = np.array([v is not None for v in values])
+        ranks = _ranks([v if v is not None else -np.inf for v in values])
+        contribution = weight / (k + ranks.astype(np.float64))
+        total += contribution if missing == "worst" else np.where(found, contribution, 0.0)
     for i, cand in enumerate(head):
         cand.scores["rerank"] = float(logits[i])
-        cand.score = retrieval_weight / (k + i + 1) + rerank_weight / (k + int(rerank_rank[i]))
+        cand.score = float(total[i])
     head.sort(key=lambda c: (-c.score, c.chunk.chunk_id))
-    for j, cand in enumerate(tail):
-        cand.score = retrieval_weight / (k + n + 1 + j) + rerank_weight / (k + n + 1)
+    floor = min((c.score for c in head), default=1.0)
+    for j, cand in enumerate(tail):  # strictly below the head, in their retrieval order
+        cand.score = floor * (len(tail) - j) / (len(tail) + 1)
     return head + tail
 
 
@@ -242,10 +262,11 @@ class Searcher:
             head = candidates[: req.rerank_top_n]
             passages = [c.chunk.text[: req.rerank_max_chars] for c in head]
             logits = rerank_fn(req.query, passages)
+            side = {"dense": req.dense_weight, "lexical": req.lexical_weight}
             candidates = rerank_fuse(
                 candidates,
                 [float(x) for x in logits],
-                retrieval_weight=req.rerank_retrieval_weight,
+                signals={n: w * req.rerank_retrieval_weight for n, w in side.items()},
                 rerank_weight=req.rerank_weight,
                 k=req.rerank_rrf_k,
             )
