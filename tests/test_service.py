@@ -25,12 +25,14 @@ class CountingEmbedder(FakeEmbedder):
         self.query_batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         self.documents_embedded += len(texts)
         return super().embed_documents(texts)
 
     def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        self.entered.set()
         assert self.gate.wait(30)
         self.query_batches.append(len(texts))
         return super().embed_queries(texts)
@@ -111,7 +113,7 @@ def test_concurrent_queries_are_batched_together(
     ]
     batcher = service._query_batcher("fake-embedder")
     threads[0].start()
-    _wait_until(lambda: batcher.pending == 1)
+    _wait_until(embedder.entered.is_set)  # the worker holds the first query inside the model
     for t in threads[1:]:
         t.start()
     _wait_until(lambda: batcher.pending == 5)

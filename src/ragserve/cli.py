@@ -73,7 +73,9 @@ def models_list() -> None:
         raise fail(exc) from None
     cache = model_cache(s)
     table = Table(title=f"models (cache: {s.model_dir})")
-    for col in ("name", "kind", "dim", "pooling", "cached", "size", "source", "licence"):
+    longest = max(len(spec.name) + len(" (default)") for spec in catalog)
+    table.add_column("name", no_wrap=True, min_width=longest)  # names are never cut
+    for col in ("kind", "dim", "pooling", "cached", "size", "source", "licence"):
         table.add_column(col)
     for spec in catalog:
         st = cache.status(spec)
@@ -203,9 +205,7 @@ def models_export(
             Catalog.load(s.custom_models_path),
             s.custom_models_path,
             name=name,
-            options=ExportOptions(
-                quantize=quantize, min_cosine=min_cosine, max_length=max_length
-            ),
+            options=ExportOptions(quantize=quantize, min_cosine=min_cosine, max_length=max_length),
             progress=err.print,
         )
     except RagserveError as exc:
