@@ -191,8 +191,11 @@ def test_deleting_a_collection_removes_its_files(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "ragserve.db")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     (chunks,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
     conn.close()
     assert "fts_1" not in tables and chunks == 0
+    assert free == 0 and pages < 20  # the space went back to the file system
     store.close()
 
 

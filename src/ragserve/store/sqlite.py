@@ -294,7 +294,7 @@ class SqliteStore:
                 conn.execute("DELETE FROM documents WHERE collection_id = ?", (c.id,))
                 conn.execute("DELETE FROM collections WHERE id = ?", (c.id,))
             self._keeper.drop(c.id)
-            self._writer.execute("PRAGMA incremental_vacuum")
+            self._writer.executescript("PRAGMA incremental_vacuum;")  # steps it to the end
 
     # ------------------------------------------------------------------ documents
 
