@@ -183,3 +183,17 @@ def test_publish_writes_page_json_and_charts(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "benchmarks.json").read_text())
     assert saved["checks"] and saved["ratios"]
     assert (tmp_path / "img" / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reference_index_is_exact_cosine_top_k() -> None:
+    np = pytest.importorskip("numpy")
+    from bench.reference_server import Index
+
+    index = Index(3)
+    assert index.search(np.array([1.0, 0.0, 0.0]), 5) == []
+    vectors = np.array([[1, 0, 0], [0.6, 0.8, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    index.add(["a", "b", "c", "d"], ["ta", "tb", "tc", "td"], vectors)
+    found = index.search(np.array([0.8, 0.6, 0.0]), 3)
+    assert [index.ids[i] for i, _ in found] == ["b", "a", "c"]
+    assert found[0][1] == pytest.approx(0.96)
+    assert len(index.search(np.array([0.0, 0.0, 1.0]), 10)) == 4
