@@ -35,7 +35,6 @@ import anyio
 import httpx
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
-from tests.api.conftest import make_service, make_settings
 
 from bench.common import OUT, machine, median_spread
 from ragserve.api.app import create_app
@@ -43,6 +42,7 @@ from ragserve.api.observability import ACCESS_LOGGER, ObservabilityMiddleware
 from ragserve.caching import ModelCaches
 from ragserve.metrics import Metrics
 from ragserve.service import RetrievalService
+from tests.api.conftest import make_service, make_settings
 
 WORDS = [
     "cats",
