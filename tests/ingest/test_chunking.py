@@ -187,10 +187,14 @@ def test_properties(doc: Document, chunk_tokens: int, data: st.DataObject) -> No
 @pytest.mark.slow
 def test_real_bge_tokenizer_limits() -> None:
     from ragserve.config import Settings
+    from ragserve.errors import ModelNotCached
     from ragserve.models.embedder import OnnxEmbedder
     from ragserve.models.manager import ModelManager
 
-    embedder = ModelManager.from_settings(Settings()).embedder("bge-small-en-v1.5")
+    try:
+        embedder = ModelManager.from_settings(Settings()).embedder("bge-small-en-v1.5")
+    except ModelNotCached:
+        pytest.skip("bge-small-en-v1.5 is not cached: ragserve models pull bge-small-en-v1.5")
     assert isinstance(embedder, OnnxEmbedder)
     para = (
         "Dense retrieval embeds passages with a bi-encoder (e.g. BGE-small, 384-d). "
