@@ -33,9 +33,9 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
 POSTGRES_VARIANTS: dict[str, dict[str, Any]] = {
     # The planner's choice (exact scans of small tables, HNSW on large ones).
     "postgres": {},
-    # Sequential scans discouraged: dense searches go through the HNSW index first, so the
-    # exact fallback of filtered searches (pgvector < 0.8) is exercised.
-    "postgres-hnsw": {"options": "-c enable_seqscan=off"},
+    # Sequential scans and sorts discouraged: dense searches go through the HNSW index first
+    # (filtered ones under-return there), so the exact fallback (pgvector < 0.8) is exercised.
+    "postgres-hnsw": {"options": "-c enable_seqscan=off -c enable_sort=off"},
 }
 
 
