@@ -24,6 +24,7 @@ it as a user model and pulls it into the cache, so it loads like any other model
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -335,18 +336,24 @@ def quantize(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(
-            str(src),
-            str(out),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            reduce_range=False,
-            op_types_to_quantize=["MatMul", "Attention"],
-            nodes_to_exclude=list(keep_fp32),
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a "consider pre-processing" advice per call
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(
+                str(src),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                reduce_range=False,
+                op_types_to_quantize=["MatMul", "Attention"],
+                nodes_to_exclude=list(keep_fp32),
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+    finally:
+        root.setLevel(level)
 
 
 def _spec_for(name: str, out: Path, info: SourceInfo, dimension: int) -> ModelSpec:
