@@ -15,7 +15,9 @@ RUN python -m venv /opt/ragserve \
  && /opt/ragserve/bin/pip install .
 # The preload step: models go into the image, verified against their pinned sha256.
 ENV RAGSERVE_MODEL_DIR=/opt/models
-RUN /opt/ragserve/bin/ragserve models pull \
+# --warm loads each model once, so ONNX Runtime's optimized graph is saved into the image too
+# (the runtime user cannot write /opt/models; loads then skip graph optimization).
+RUN /opt/ragserve/bin/ragserve models pull --warm \
  && rm -f /opt/models/.lock-* \
  && find /opt/ragserve -name '__pycache__' -prune -o -name '*.pyc' -print -delete >/dev/null
 

