@@ -6,13 +6,15 @@
 ARG PYTHON=python:3.11-slim-bookworm
 
 FROM ${PYTHON} AS build
+# Optional extras baked in, e.g. `--build-arg EXTRAS=postgres` (docker-compose.yml does).
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/ragserve \
  && /opt/ragserve/bin/pip install --upgrade pip \
- && /opt/ragserve/bin/pip install .
+ && /opt/ragserve/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
 # The preload step: models go into the image, verified against their pinned sha256.
 ENV RAGSERVE_MODEL_DIR=/opt/models
 # --warm loads each model once, so ONNX Runtime's optimized graph is saved into the image too
