@@ -260,14 +260,16 @@ class DenseIndex:
     ) -> tuple[Keys, Vectors]:
         """Filtered search that returns ``min(k, len(allowed))`` hits.
 
-        Small allowed sets (or an exact index) are scanned exactly. Otherwise the ANN is asked
+        Small allowed sets (or an exact index) are scanned exactly. Otherwise HNSW is asked
         for a growing number of candidates (starting at ``k / selectivity``, doubling) until
         ``k`` allowed ones are found; when the candidate count reaches the index size the
         allowed set is scanned exactly instead.
         """
-        if not self.is_ann or len(allowed) <= exact_below:
-            return self.search_within(query, k, allowed)
         total = max(len(self.inner), 1)
+        # Fetching vectors out of the HNSW index costs far more per key than a graph walk: scan
+        # exactly only small allowed sets (at most 1% of the index, or 1,000 keys).
+        if not self.is_ann or len(allowed) <= min(exact_below, max(1_000, total // 100)):
+            return self.search_within(query, k, allowed)
         allowed_set = np.sort(allowed)
         want = min(k, len(allowed))
         count = int(k * total / len(allowed) * 2) + 10
