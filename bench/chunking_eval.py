@@ -61,6 +61,8 @@ CONFIGS = {
         Config("whole", 0, 0, True),
         Config("512", 510, 64, False),
         Config("128", 128, 16, False),
+        Config("256+title-o0", 256, 0, True),
+        Config("256+title-o64", 256, 64, True),
     )
 }
 
