@@ -288,6 +288,12 @@ def _status(check: dict[str, Any]) -> str:
     return "**FAIL**"
 
 
+def _load_text(load: dict[str, float] | None) -> str:
+    if not load:
+        return "-"
+    return f"{load.get('start', '?')} → {load.get('end', '?')}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -310,9 +316,11 @@ def render_markdown(result: dict[str, Any], charts: list[str] | None = None) -> 
     )
     lines.append("")
     if meta.get("quick"):
+        ds = meta.get("dataset", {})
         lines += [
-            "> **Quick run** (`--quick`): a 1,000-document subset that contains every judged "
-            "document of the first 100 test queries, shorter load runs. Quality figures are "
+            f"> **Quick run** (`--quick`): a {ds.get('documents', 1000):,}-document subset that "
+            f"contains every judged document of the first {ds.get('queries', 100)} test "
+            "queries, shorter load runs. Quality figures are "
             "not comparable to the published ones (far fewer distractors); the full run "
             "(`make bench`) replaces this page.",
             "",
@@ -322,7 +330,9 @@ def render_markdown(result: dict[str, Any], charts: list[str] | None = None) -> 
             f"> **The machine was busy during this run** (1-minute load average "
             f"{spread_text(load)} on {meta.get('machine', '?').split(',')[0]}): other "
             "processes competed for the cores, so absolute figures are pessimistic and "
-            "noisy; ratios are less affected, but rerun on a quiet machine for figures to quote.",
+            "noisy, and since the servers run one after another under whatever load there was "
+            "(see the last column of *Ingest, cold start, memory*), the ratios are skewed too. "
+            "Rerun on a quiet machine for figures to quote.",
             "",
         ]
     lines += [
@@ -468,6 +478,7 @@ def render_markdown(result: dict[str, Any], charts: list[str] | None = None) -> 
                 f"{sysres.get('rss_after_ingest_mb', '-')}",
                 spread_text(sysres.get("rss_after_load_mb")),
                 f"{sysres.get('peak_rss_mb', '-')}",
+                _load_text(sysres.get("load_average_1m")),
             ]
         )
     lines += _table(
@@ -478,6 +489,7 @@ def render_markdown(result: dict[str, Any], charts: list[str] | None = None) -> 
             "RSS after ingest MiB",
             "RSS after load MiB",
             "peak RSS MiB",
+            "machine load (1 min avg) start → end",
         ],
         rows,
     )

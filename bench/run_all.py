@@ -316,6 +316,7 @@ def bench_system(
     data_dir = work / system.name
     result: dict[str, Any] = {"title": system.title, "kind": system.kind}
     result["embedder"] = system.embedder
+    result["load_average_1m"] = {"start": loadavg()}
     port = free_port()
     log(f"{system.name}: starting")
     with server(
@@ -347,6 +348,7 @@ def bench_system(
         log(f"{system.name}: cold starts x{plan.cold_starts}")
         result["cold_start"] = cold_starts(system, data_dir, plan.cold_starts)
         log(f"{system.name}: cold start {result['cold_start']}")
+    result["load_average_1m"]["end"] = loadavg()
     return result
 
 
