@@ -374,7 +374,7 @@ def ingest(
             if not root.exists():
                 raise fail(f"{path} does not exist", 2)
             inc = tuple(include) if include else sources.DEFAULT_INCLUDE
-            exc = tuple(exclude) if exclude else sources.DEFAULT_EXCLUDE
+            exc = (*sources.DEFAULT_EXCLUDE, *(exclude or ()))  # hidden files stay out
             items = sources.iter_path(
                 root, max_bytes=s.max_document_bytes, include=inc, exclude=exc
             )

@@ -23,7 +23,12 @@ from ragserve.batching import MicroBatcher
 from ragserve.caching import ModelCaches
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, Overloaded, RagserveError
-from ragserve.ingest.chunking import chunk_document, content_hash, embedding_text
+from ragserve.ingest.chunking import (
+    chunk_document,
+    content_budget,
+    content_hash,
+    embedding_text,
+)
 from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
 from ragserve.models.embedder import Embedder, Vectors
@@ -199,10 +204,12 @@ class RetrievalService:
         """
         info = self.store.get_collection(collection)
         embedder = self.embedder(info.embedder)
+        spec = self.models.catalog.get(info.embedder)
+        budget = content_budget(spec.max_length, embedder.token_spans, spec.document_prefix)
         group: list[_Prepared | IngestResult] = []
         pending_chunks = 0
         for item in items:
-            prepared = self._prepare(collection, embedder, item)
+            prepared = self._prepare(collection, embedder, budget, item)
             group.append(prepared)
             if isinstance(prepared, _Prepared):
                 pending_chunks += len(prepared.chunks)
@@ -213,7 +220,7 @@ class RetrievalService:
             yield from self._store_group(collection, embedder, group)
 
     def _prepare(
-        self, collection: str, embedder: Embedder, item: Document | IngestFailure
+        self, collection: str, embedder: Embedder, budget: int, item: Document | IngestFailure
     ) -> _Prepared | IngestResult:
         if isinstance(item, IngestFailure):
             return IngestResult(item.source, "failed", error=item.error, source=item.source)
@@ -233,7 +240,7 @@ class RetrievalService:
                 chunk_tokens=self.settings.chunk_tokens,
                 overlap=self.settings.chunk_overlap,
                 title_prefix=self.settings.chunk_title_prefix,
-                max_tokens=max_chunk_tokens(embedder),
+                max_tokens=budget,
             )
             if not chunks:
                 raise InvalidInput("document has no text to index")
@@ -288,14 +295,6 @@ class RetrievalService:
             return self.rerank(query, passages)
 
         return self._searcher.search(collection, request, embed=embed, rerank=rerank)
-
-
-def max_chunk_tokens(embedder: Embedder) -> int:
-    """Tokens a chunk may hold: the model's limit less special tokens and its document prefix."""
-    spec = getattr(embedder, "spec", None)
-    limit = int(getattr(spec, "max_length", 512)) - 2
-    prefix = str(getattr(spec, "document_prefix", ""))
-    return limit - (len(embedder.token_spans(prefix)) if prefix else 0)
 
 
 def score_pairs(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> Scores:
