@@ -33,7 +33,7 @@ from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
 from ragserve.models.embedder import Embedder, Vectors
 from ragserve.models.manager import ModelManager
-from ragserve.models.reranker import Reranker, Scores
+from ragserve.models.reranker import OnnxReranker, Reranker, Scores
 from ragserve.search import Searcher, SearchRequest, SearchResult
 from ragserve.store.base import CollectionInfo, Store, StoredDocument, open_store
 from ragserve.types import Chunk, Document
@@ -298,10 +298,13 @@ class RetrievalService:
 
 
 def score_pairs(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> Scores:
-    """Score (query, passage) pairs from several queries in as few model calls as possible."""
-    batch = getattr(reranker, "score_pairs", None)
-    if batch is not None:
-        return np.asarray(batch(pairs), dtype=np.float32)
+    """Score (query, passage) pairs from several queries in as few model calls as possible.
+
+    :class:`~ragserve.models.reranker.OnnxReranker` takes mixed pairs in one call; any other
+    :class:`Reranker` is called once per query.
+    """
+    if isinstance(reranker, OnnxReranker):
+        return reranker.score_pairs(pairs)
     out = np.empty(len(pairs), dtype=np.float32)
     by_query: dict[str, list[int]] = {}
     for i, (query, _) in enumerate(pairs):

@@ -93,3 +93,19 @@ def test_concurrent_calls_give_the_same_scores(reranker: OnnxReranker) -> None:
         results = list(pool.map(lambda _: reranker.score(QUERY, PASSAGES), range(12)))
     for got in results:
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_pairs_from_several_queries_score_like_each_query_alone(reranker: OnnxReranker) -> None:
+    """The dynamic batcher mixes queries in one call: scores must not depend on batch-mates
+    beyond int8 activation-scale noise."""
+    pairs = [
+        ("how many hearts does an octopus have", "An octopus has three hearts."),
+        ("which language is memory safe", "Rust guarantees memory safety."),
+        ("how many hearts does an octopus have", "Sourdough rises with wild yeast."),
+    ]
+    mixed = reranker.score_pairs(pairs)
+    alone = [float(reranker.score(q, [p])[0]) for q, p in pairs]
+    spread = max(alone) - min(alone)  # int8 activation scales are per batch: small shifts
+    np.testing.assert_allclose(mixed, alone, atol=0.05 * spread)
+    assert mixed[0] > mixed[2]

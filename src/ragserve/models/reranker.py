@@ -62,12 +62,15 @@ class OnnxReranker:
         return self.spec.name
 
     def score(self, query: str, passages: Sequence[str]) -> Scores:
-        if not passages:
+        return self.score_pairs([(query, p) for p in passages])
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Scores:
+        """Logits for (query, passage) pairs that may come from different queries (batching)."""
+        if not pairs:
             return np.zeros(0, dtype=np.float32)
-        check_text(query, "query")
-        pairs = [(query, check_text(p, "passage")) for p in passages]
-        encodings = self._tokenizer.encode_batch(pairs, add_special_tokens=True)
-        out = np.empty(len(passages), dtype=np.float32)
+        checked = [(check_text(q, "query"), check_text(p, "passage")) for q, p in pairs]
+        encodings = self._tokenizer.encode_batch(checked, add_special_tokens=True)
+        out = np.empty(len(pairs), dtype=np.float32)
         for batch in self.batching.plan([len(e.ids) for e in encodings]):
             ids, mask, types = pad_batch([encodings[i] for i in batch], self._pad_id)
             feeds = {"input_ids": ids, "attention_mask": mask}
