@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: cores).")
     batch_tokens: int = Field(
-        default=8192, ge=256, description="Token budget of one embedding batch (batch x length)."
+        default=1024,
+        ge=256,
+        description="Padded tokens in one model batch (batch x length); bounds activation memory.",
     )
     max_batch_size: int = Field(default=64, ge=1, description="Most texts in one model batch.")
     rerank_max_length: int = Field(

@@ -57,7 +57,7 @@ def check_text(text: object, what: str = "text") -> str:
 class Batching:
     """Length-sorted batches of at most ``max_batch_size`` texts and ``batch_tokens`` tokens."""
 
-    batch_tokens: int = 8192
+    batch_tokens: int = 1024
     max_batch_size: int = 64
 
     def plan(self, lengths: Sequence[int]) -> list[list[int]]:

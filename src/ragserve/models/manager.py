@@ -66,7 +66,10 @@ class ModelManager:
                 started = time.perf_counter()
                 cached = self.cache.verify(spec, full=self.verify_hashes)
                 self._rerankers[spec.name] = OnnxReranker(
-                    cached, self.session_config, max_length=self.rerank_max_length
+                    cached,
+                    self.session_config,
+                    max_length=self.rerank_max_length,
+                    batching=self.batching,
                 )
                 self._record(spec.name, Kind.RERANKER, started)
             return self._rerankers[spec.name]

@@ -55,7 +55,7 @@ class OnnxReranker:
         self._tokenizer = load_tokenizer(model.tokenizer_path)
         self._tokenizer.enable_truncation(self.max_length, strategy="longest_first")
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
-        self.batching = batching or Batching(batch_tokens=8192, max_batch_size=32)
+        self.batching = batching or Batching(batch_tokens=1024, max_batch_size=64)
 
     @property
     def name(self) -> str:
