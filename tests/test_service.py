@@ -12,7 +12,7 @@ import pytest
 
 from ragserve.ingest.sources import IngestFailure
 from ragserve.search import SearchRequest
-from ragserve.service import RetrievalService
+from ragserve.service import STAGES, IngestTimings, RetrievalService
 from ragserve.types import Document
 from tests.api.conftest import make_service, make_settings
 from tests.fakes import FakeEmbedder, Vectors
@@ -135,3 +135,13 @@ def test_search_uses_the_collection_embedder(service: RetrievalService) -> None:
     service.ingest("c", [_doc(i) for i in range(3)])
     hits = service.search("c", SearchRequest(query="word1x5 word1x6", mode="dense")).hits
     assert hits[0].document_id == "d1"
+
+
+def test_ingest_timings_account_for_every_stage(service: RetrievalService) -> None:
+    timings = IngestTimings()
+    results = list(service.ingest_iter("c", [_doc(i) for i in range(4)], timings=timings))
+    assert timings.documents == 4
+    assert timings.chunks == sum(r.chunks for r in results)
+    assert all(getattr(timings, stage) > 0 for stage in STAGES)
+    figures = timings.as_dict()
+    assert sum(figures[f"{stage}_share"] for stage in STAGES) == pytest.approx(1.0, abs=0.01)

@@ -351,10 +351,17 @@ def ingest(
     stdin_format: Annotated[
         str, typer.Option(help="Standard input: auto, jsonl, json or text.")
     ] = "auto",
+    stats_json: Annotated[
+        Path | None, typer.Option(help="Write counts, rates and per-stage seconds here.")
+    ] = None,
 ) -> None:
     """Ingest documents; ends with a summary. Exit 1 if any document failed."""
+    import json
+    import time
+
     from ragserve.errors import CollectionNotFound
     from ragserve.ingest import sources
+    from ragserve.service import STAGES, IngestTimings
 
     svc = _service()
     try:
@@ -385,6 +392,8 @@ def ingest(
             )
         counts = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
         failures: list[tuple[str, str]] = []
+        timings = IngestTimings()
+        started = time.perf_counter()
         with Progress(
             SpinnerColumn(),
             TextColumn("[progress.description]{task.description}"),
@@ -394,7 +403,7 @@ def ingest(
             console=err,
         ) as progress:
             task = progress.add_task(f"ingesting into {collection}", total=total)
-            for result in svc.ingest_iter(collection, items):
+            for result in svc.ingest_iter(collection, items, timings=timings):
                 counts[result.status] += 1
                 if result.status == "failed":
                     failures.append((result.id, result.error or "failed"))
@@ -403,8 +412,23 @@ def ingest(
         raise fail(exc) from None
     finally:
         svc.close()
+    elapsed = time.perf_counter() - started
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     console.print(f"{collection}: {summary}")
+    stages = timings.as_dict()
+    console.print(
+        f"{elapsed:.1f} s: {timings.documents / elapsed:.1f} documents/s, "
+        f"{timings.chunks / elapsed:.1f} chunks/s stored; time in "
+        + ", ".join(f"{st} {stages[st]:.1f} s ({stages[st + '_share']:.0%})" for st in STAGES)
+    )
+    if stats_json:
+        stats = {"collection": collection, "seconds": round(elapsed, 2), "counts": counts}
+        stats |= {
+            "documents_per_s": round(timings.documents / elapsed, 2),
+            "chunks_per_s": round(timings.chunks / elapsed, 2),
+            "stages": stages,
+        }
+        stats_json.write_text(json.dumps(stats, indent=2))
     if failures:
         table = Table(title="failed documents")
         table.add_column("document")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +51,28 @@ class IngestResult:
     chunks: int = 0
     error: str | None = None
     source: str | None = None
+
+
+@dataclass
+class IngestTimings:
+    """Seconds spent per ingest stage (parse = waiting on the source iterator, which parses)."""
+
+    parse: float = 0.0
+    chunk: float = 0.0
+    embed: float = 0.0
+    store: float = 0.0
+    documents: int = 0
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        total = self.parse + self.chunk + self.embed + self.store
+        out = {stage: round(getattr(self, stage), 3) for stage in STAGES}
+        out |= {f"{stage}_share": round(getattr(self, stage) / total, 3) if total else 0.0
+                for stage in STAGES}  # fmt: skip
+        return out | {"documents": self.documents, "chunks": self.chunks}
+
+
+STAGES = ("parse", "chunk", "embed", "store")
 
 
 @dataclass
@@ -195,29 +218,44 @@ class RetrievalService:
         return list(self.ingest_iter(collection, items, batch_chunks=batch_chunks))
 
     def ingest_iter(
-        self, collection: str, items: Iterable[Document | IngestFailure], *, batch_chunks: int = 64
+        self,
+        collection: str,
+        items: Iterable[Document | IngestFailure],
+        *,
+        batch_chunks: int = 64,
+        timings: IngestTimings | None = None,
     ) -> Iterator[IngestResult]:
         """Ingest documents, yielding one result per item, in order, as each group is stored.
 
         Unchanged documents (same content hash) are not re-embedded. A failing document is
-        reported and the rest go on; each stored document is all or nothing.
+        reported and the rest go on; each stored document is all or nothing. ``timings``, when
+        given, accumulates the seconds spent per stage.
         """
         info = self.store.get_collection(collection)
         embedder = self.embedder(info.embedder)
         spec = self.models.catalog.get(info.embedder)
         budget = content_budget(spec.max_length, embedder.token_spans, spec.document_prefix)
+        clock = timings or IngestTimings()
         group: list[_Prepared | IngestResult] = []
         pending_chunks = 0
-        for item in items:
+        source = iter(items)
+        while True:
+            started = time.perf_counter()
+            item = next(source, None)
+            clock.parse += time.perf_counter() - started
+            if item is None:
+                break
+            started = time.perf_counter()
             prepared = self._prepare(collection, embedder, budget, item)
+            clock.chunk += time.perf_counter() - started
             group.append(prepared)
             if isinstance(prepared, _Prepared):
                 pending_chunks += len(prepared.chunks)
             if pending_chunks >= batch_chunks:
-                yield from self._store_group(collection, embedder, group)
+                yield from self._store_group(collection, embedder, group, clock)
                 group, pending_chunks = [], 0
         if group:
-            yield from self._store_group(collection, embedder, group)
+            yield from self._store_group(collection, embedder, group, clock)
 
     def _prepare(
         self, collection: str, embedder: Embedder, budget: int, item: Document | IngestFailure
@@ -251,11 +289,17 @@ class RetrievalService:
         return _Prepared(item, digest, chunks, source)
 
     def _store_group(
-        self, collection: str, embedder: Embedder, group: list[_Prepared | IngestResult]
+        self,
+        collection: str,
+        embedder: Embedder,
+        group: list[_Prepared | IngestResult],
+        clock: IngestTimings,
     ) -> Iterator[IngestResult]:
         prepared = [g for g in group if isinstance(g, _Prepared)]
         texts = [embedding_text(c) for p in prepared for c in p.chunks]
+        started = time.perf_counter()
         vectors = self.embed_documents(texts, embedder.name) if texts else None
+        clock.embed += time.perf_counter() - started
         offset = 0
         for item in group:
             if isinstance(item, IngestResult):
@@ -263,15 +307,20 @@ class RetrievalService:
                 continue
             n = len(item.chunks)
             assert vectors is not None
+            started = time.perf_counter()
             try:
                 outcome = self.store.upsert_document(
                     collection, item.document, item.hash, item.chunks, vectors[offset : offset + n]
                 )
             except RagserveError as exc:
+                clock.store += time.perf_counter() - started
                 if not exc.public:
                     raise
                 yield IngestResult(item.document.id, "failed", error=exc.message)
             else:
+                clock.store += time.perf_counter() - started
+                clock.documents += 1
+                clock.chunks += n
                 yield IngestResult(item.document.id, outcome, n, source=item.source)
             offset += n
 
