@@ -50,6 +50,19 @@ def test_plan_of_nothing_is_empty() -> None:
     assert Batching().plan([]) == []
 
 
+def test_ties_in_length_form_the_same_batches_whatever_the_input_order() -> None:
+    batching = Batching(batch_tokens=4, max_batch_size=8)
+    ids = [[7, 1], [7, 2], [7, 3], [7, 4], [7, 5]]
+
+    def groups(order: list[int]) -> list[list[tuple[int, ...]]]:
+        texts = [ids[i] for i in order]
+        plan = batching.plan([2] * len(texts), texts)
+        return [sorted(tuple(texts[i]) for i in batch) for batch in plan]
+
+    assert len(groups([0, 1, 2, 3, 4])) > 1
+    assert groups([0, 1, 2, 3, 4]) == groups([4, 3, 2, 1, 0]) == groups([2, 0, 4, 1, 3])
+
+
 def test_an_over_budget_text_gets_a_batch_of_its_own() -> None:
     plan = Batching(batch_tokens=100, max_batch_size=8).plan([500, 10, 10])
     assert plan[0] == [0]

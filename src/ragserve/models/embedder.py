@@ -60,8 +60,21 @@ class Batching:
     batch_tokens: int = 1024
     max_batch_size: int = 64
 
-    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    def plan(
+        self, lengths: Sequence[int], ties: Sequence[Sequence[int]] | None = None
+    ) -> list[list[int]]:
+        """Group indices into batches, longest first.
+
+        ``ties`` (the token ids) breaks ties between equal lengths, so the same texts form the
+        same batches whatever order they arrive in: int8 dynamic quantization scales activations
+        per batch, so a vector depends (slightly) on its batch-mates.
+        """
+        if ties is None:
+            order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        else:
+            order = sorted(
+                range(len(lengths)), key=lambda i: (lengths[i], tuple(ties[i])), reverse=True
+            )
         batches: list[list[int]] = []
         current: list[int] = []
         width = 0
@@ -169,7 +182,9 @@ class OnnxEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         encodings = self.tokenize(texts, query=query)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for batch in self.batching.plan([len(e.ids) for e in encodings]):
+        for batch in self.batching.plan(
+            [len(e.ids) for e in encodings], [e.ids for e in encodings]
+        ):
             out[batch] = self.run([encodings[i] for i in batch])
         return out
 

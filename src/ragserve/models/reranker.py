@@ -71,7 +71,9 @@ class OnnxReranker:
         checked = [(check_text(q, "query"), check_text(p, "passage")) for q, p in pairs]
         encodings = self._tokenizer.encode_batch(checked, add_special_tokens=True)
         out = np.empty(len(pairs), dtype=np.float32)
-        for batch in self.batching.plan([len(e.ids) for e in encodings]):
+        for batch in self.batching.plan(
+            [len(e.ids) for e in encodings], [e.ids for e in encodings]
+        ):
             ids, mask, types = pad_batch([encodings[i] for i in batch], self._pad_id)
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._inputs:
