@@ -1,6 +1,6 @@
 """Ingest SciFact end to end through the CLI: documents/s, chunks/s, time share per stage.
 
-    python -m bench.ingest_bench [--limit N]
+    python -m bench.ingest_bench [--limit N] [--keep DIR]
 
 Writes the corpus as JSONL records (id, title, text) to a temporary file (the data stays in
 ../shared; nothing is copied into the repository), runs `ragserve ingest FILE --collection
@@ -24,8 +24,10 @@ from bench.common import EVAL_DIR, OUT, machine
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    parser.add_argument("--keep", type=Path, help="data directory to ingest into and keep")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ragserve-ingest-bench-") as tmp:
+        data_dir = args.keep or Path(tmp) / "data"
         records = Path(tmp) / "scifact.jsonl"
         with (EVAL_DIR / "corpus.jsonl").open(encoding="utf-8") as src, records.open("w") as dst:
             for i, line in enumerate(src):
@@ -39,7 +41,7 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "ragserve.cli", "ingest", str(records), "--collection",
              "scifact", "--stats-json", str(stats_path)],
-            env={**os.environ, "RAGSERVE_DATA_DIR": str(Path(tmp) / "data"),
+            env={**os.environ, "RAGSERVE_DATA_DIR": str(data_dir),
                  "HF_HUB_OFFLINE": "1"},
             check=True,
         )  # fmt: skip

@@ -145,3 +145,15 @@ def test_ingest_timings_account_for_every_stage(service: RetrievalService) -> No
     assert all(getattr(timings, stage) > 0 for stage in STAGES)
     figures = timings.as_dict()
     assert sum(figures[f"{stage}_share"] for stage in STAGES) == pytest.approx(1.0, abs=0.01)
+
+
+def test_blas_threads_are_capped_for_the_process() -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ragserve.service import limit_blas_threads
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas, "numpy without a BLAS pool?"
+    with threadpool_limits(limits=None):  # restores the pools afterwards
+        limit_blas_threads(1)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}

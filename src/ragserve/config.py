@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         default="lazy", description="Load the reranker at start-up, on first use, or never."
     )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: cores).")
+    blas_threads: int = Field(
+        default=1,
+        ge=0,
+        description="BLAS threads for numpy's exact vector search (0: library default).",
+    )
     batch_tokens: int = Field(
         default=1024,
         ge=256,

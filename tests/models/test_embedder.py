@@ -235,3 +235,12 @@ def test_token_spans_are_character_offsets(bge: OnnxEmbedder) -> None:
     spans = bge.token_spans(text)
     assert [text[a:b] for a, b in spans] == ["Hello", ",", "wonderful", "world", "!"]
     assert len(bge.token_spans("word " * 2000)) == 2000
+
+
+def test_idle_onnx_threads_do_not_spin_unless_asked() -> None:
+    from ragserve.models.runtime import _options
+
+    key = "session.intra_op.allow_spinning"
+    assert _options(SessionConfig(), "all").get_session_config_entry(key) == "0"
+    spinning = SessionConfig(allow_spinning=True)
+    assert _options(spinning, "all").get_session_config_entry(key) == "1"
