@@ -235,11 +235,15 @@ app.add_typer(collections_app, name="collections")
 app.add_typer(config_app, name="config")
 
 
-def _service(load_models: bool = False) -> RetrievalService:
+def _service(load_models: bool = False, bulk: bool = False) -> RetrievalService:
+    """The service for one CLI command; ``bulk``: one caller embedding many texts (ingest)."""
     from ragserve.service import RetrievalService
 
+    s = settings()
+    if bulk and "onnx_spinning" not in s.model_fields_set:
+        s = s.model_copy(update={"onnx_spinning": True})
     try:
-        return RetrievalService.open(settings(), load_models=load_models)
+        return RetrievalService.open(s, load_models=load_models)
     except RagserveError as exc:
         raise fail(exc) from None
 
@@ -363,7 +367,7 @@ def ingest(
     from ragserve.ingest import sources
     from ragserve.service import STAGES, IngestTimings
 
-    svc = _service()
+    svc = _service(bulk=True)
     try:
         s = svc.settings
         try:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default="lazy", description="Load the reranker at start-up, on first use, or never."
     )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: cores).")
+    onnx_spinning: bool = Field(
+        default=False,
+        description="Idle ONNX threads spin: faster for one bulk caller, slower for a server.",
+    )
     blas_threads: int = Field(
         default=1,
         ge=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -126,3 +127,36 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "guide.md").write_text(MARKDOWN, encoding="utf-8")
     (tmp_path / "notes.txt").write_text("Plain notes.\n\nSecond paragraph.", encoding="utf-8")
     return tmp_path
+
+
+def write_mixed_tree(root: Path) -> set[str]:
+    """1,000 small files in 7 folders (text, Markdown, HTML, JSONL, PDF), ten of them broken.
+
+    Returns the broken ones' paths relative to ``root``.
+    """
+    pdf = make_pdf(root / "template.pdf", [["A tiny PDF page."]]).read_bytes()
+    (root / "template.pdf").unlink()
+    broken: set[str] = set()
+    for i in range(1000):
+        sub = root / f"d{i % 7}"
+        sub.mkdir(exist_ok=True)
+        kind = {0: 4, 1: 2}.get(i % 20, i % 2)  # 5% PDF, 5% HTML, the rest text / Markdown
+        kind = 3 if i % 20 in (2, 3, 4) else kind  # and 15% JSONL
+        name, data = {
+            0: (f"f{i}.txt", f"Text file {i}.".encode()),
+            1: (f"f{i}.md", f"# Heading {i}\n\nBody {i}.".encode()),
+            2: (f"f{i}.html", f"<html><body><p>Page {i} body text.</p></body></html>".encode()),
+            3: (f"f{i}.jsonl", json.dumps({"id": f"rec{i}", "text": f"record {i}"}).encode()),
+            4: (f"f{i}.pdf", pdf),
+        }[kind]
+        if i % 100 == 37:  # ten broken ones, of several kinds
+            name, data = [
+                (f"f{i}.txt", b"\x00\x01binary\x00"),
+                (f"f{i}.pdf", pdf[:200]),
+                (f"f{i}.md", b"caf\xe9"),
+                (f"f{i}.jsonl", b'{"id": "x"}'),
+                (f"f{i}.txt", b""),
+            ][(i // 100) % 5]
+            broken.add(f"d{i % 7}/{name}")
+        (sub / name).write_bytes(data)
+    return broken

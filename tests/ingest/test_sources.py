@@ -22,7 +22,7 @@ from ragserve.ingest.sources import (
 )
 from ragserve.types import Document
 
-from .conftest import MAX, make_pdf
+from .conftest import MAX, write_mixed_tree
 
 
 def split(items: Iterable[Item]) -> tuple[list[Document], list[IngestFailure]]:
@@ -195,31 +195,7 @@ def test_directory_include_exclude_ids_and_order(files: Path) -> None:
 
 
 def test_directory_of_a_thousand_files_with_ten_broken(tmp_path: Path) -> None:
-    pdf = make_pdf(tmp_path / "template.pdf", [["A tiny PDF page."]]).read_bytes()
-    (tmp_path / "template.pdf").unlink()
-    broken: set[str] = set()
-    for i in range(1000):
-        sub = tmp_path / f"d{i % 7}"
-        sub.mkdir(exist_ok=True)
-        kind = {0: 4, 1: 2}.get(i % 20, i % 2)  # 5% PDF, 5% HTML, the rest text / Markdown
-        kind = 3 if i % 20 in (2, 3, 4) else kind  # and 15% JSONL
-        name, data = {
-            0: (f"f{i}.txt", f"Text file {i}.".encode()),
-            1: (f"f{i}.md", f"# Heading {i}\n\nBody {i}.".encode()),
-            2: (f"f{i}.html", f"<html><body><p>Page {i} body text.</p></body></html>".encode()),
-            3: (f"f{i}.jsonl", json.dumps({"id": f"rec{i}", "text": f"record {i}"}).encode()),
-            4: (f"f{i}.pdf", pdf),
-        }[kind]
-        if i % 100 == 37:  # ten broken ones, of several kinds
-            name, data = [
-                (f"f{i}.txt", b"\x00\x01binary\x00"),
-                (f"f{i}.pdf", pdf[:200]),
-                (f"f{i}.md", b"caf\xe9"),
-                (f"f{i}.jsonl", b'{"id": "x"}'),
-                (f"f{i}.txt", b""),
-            ][(i // 100) % 5]
-            broken.add(f"d{i % 7}/{name}")
-        (sub / name).write_bytes(data)
+    broken = write_mixed_tree(tmp_path)
     items = list(iter_directory(tmp_path, max_bytes=MAX))
     docs, fails = split(items)
     assert len(docs) == 990 and len(fails) == 10
