@@ -241,7 +241,7 @@ def _service(load_models: bool = False, bulk: bool = False) -> RetrievalService:
 
     s = settings()
     if bulk and "onnx_spinning" not in s.model_fields_set:
-        s = s.model_copy(update={"onnx_spinning": True})
+        s = s.model_copy(update={"onnx_spinning": "always"})
     try:
         return RetrievalService.open(s, load_models=load_models)
     except RagserveError as exc:

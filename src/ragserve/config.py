@@ -62,9 +62,9 @@ class Settings(BaseSettings):
         default="lazy", description="Load the reranker at start-up, on first use, or never."
     )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: cores).")
-    onnx_spinning: bool = Field(
-        default=False,
-        description="Idle ONNX threads spin: faster for one bulk caller, slower for a server.",
+    onnx_spinning: Literal["off", "in_run", "always"] = Field(
+        default="in_run",
+        description="Idle ONNX threads spin: never, within one run, or always (bulk jobs).",
     )
     blas_threads: int = Field(
         default=1,

@@ -49,17 +49,18 @@ def test_a_thousand_mixed_files_ten_broken_the_rest_searchable(
         svc.close()
 
 
-def test_the_cli_ingest_lets_onnx_threads_spin_unless_told_otherwise(
+def test_the_cli_ingest_keeps_onnx_threads_spinning_unless_told_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "data"))
-    for bulk, env, expected in ((True, None, True), (False, None, False), (True, "0", False)):
+    cases = ((True, None, "always"), (False, None, "in_run"), (True, "off", "off"))
+    for bulk, env, expected in cases:
         if env is None:
             monkeypatch.delenv("RAGSERVE_ONNX_SPINNING", raising=False)
         else:
             monkeypatch.setenv("RAGSERVE_ONNX_SPINNING", env)
         svc = _service(bulk=bulk)
         try:
-            assert svc.models.session_config.allow_spinning is expected
+            assert svc.models.session_config.spinning == expected
         finally:
             svc.close()

@@ -19,7 +19,7 @@ from ragserve.models.cache import CachedModel
 from ragserve.models.catalog import Catalog, Pooling
 from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder, check_text, pool
 from ragserve.models.manager import model_cache
-from ragserve.models.runtime import SessionConfig
+from ragserve.models.runtime import SessionConfig, Spinning
 
 BGE = "bge-small-en-v1.5"
 FOX = "The quick brown fox jumps over the lazy dog."
@@ -237,10 +237,18 @@ def test_token_spans_are_character_offsets(bge: OnnxEmbedder) -> None:
     assert len(bge.token_spans("word " * 2000)) == 2000
 
 
-def test_idle_onnx_threads_do_not_spin_unless_asked() -> None:
+def test_onnx_threads_spin_within_a_run_by_default() -> None:
     from ragserve.models.runtime import _options
 
-    key = "session.intra_op.allow_spinning"
-    assert _options(SessionConfig(), "all").get_session_config_entry(key) == "0"
-    spinning = SessionConfig(allow_spinning=True)
-    assert _options(spinning, "all").get_session_config_entry(key) == "1"
+    def entries(spinning: Spinning) -> tuple[str, str]:
+        options = _options(SessionConfig(spinning=spinning), "all")
+        try:
+            stop = options.get_session_config_entry("session.force_spinning_stop")
+        except Exception:  # noqa: BLE001 - ORT raises a bare RuntimeError for a missing key
+            stop = "-"
+        return options.get_session_config_entry("session.intra_op.allow_spinning"), stop
+
+    assert SessionConfig().spinning == "in_run"
+    assert entries("in_run") == ("1", "1")
+    assert entries("off") == ("0", "-")
+    assert entries("always") == ("1", "-")

@@ -43,7 +43,7 @@ class ModelManager:
             catalog=Catalog.load(settings.custom_models_path),
             cache=model_cache(settings),
             session_config=SessionConfig(
-                threads=settings.effective_threads, allow_spinning=settings.onnx_spinning
+                threads=settings.effective_threads, spinning=settings.onnx_spinning
             ),
             batching=Batching(settings.batch_tokens, settings.max_batch_size),
             rerank_max_length=settings.rerank_max_length,

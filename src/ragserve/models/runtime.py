@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import onnxruntime as ort
 from tokenizers import Tokenizer
@@ -27,6 +28,10 @@ from tokenizers import Tokenizer
 from ragserve.errors import ModelIntegrityError
 
 log = logging.getLogger(__name__)
+
+
+Spinning = Literal["off", "in_run", "always"]
+SPINNING: tuple[Spinning, ...] = ("off", "in_run", "always")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +43,11 @@ class SessionConfig:
     provider: str = "CPUExecutionProvider"
     #: Save the optimized graph next to the model and reuse it on later loads.
     save_optimized: bool = True
-    #: Let idle intra-op threads spin. Off: spinning threads take the CPU from concurrent
-    #: requests (measured: HTTP hybrid search p50 at concurrency 1 halves with it off); on:
-    #: 10-20 % more passages/s for a single bulk caller (the CLI ingest turns it on).
-    allow_spinning: bool = False
+    #: Idle intra-op threads: "off" sleep at once; "in_run" spin between the operators of one
+    #: run and stop when it returns; "always" keep spinning between runs too (ONNX Runtime's
+    #: default). Spinning between runs takes the CPU from concurrent requests; within a run it
+    #: cuts single-query latency (figures in docs/models.md).
+    spinning: Spinning = "in_run"
 
 
 _LEVELS = {
@@ -90,8 +96,10 @@ def _options(config: SessionConfig, level: str) -> ort.SessionOptions:
     options.graph_optimization_level = _LEVELS[level]
     options.log_severity_level = 3
     options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
+        "session.intra_op.allow_spinning", "0" if config.spinning == "off" else "1"
     )
+    if config.spinning == "in_run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
