@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # --- store -------------------------------------------------------------------------------
     store: str = Field(default="sqlite", description="Store backend: sqlite or postgres.")
     postgres_dsn: SecretStr | None = Field(default=None, description="DSN for the postgres store.")
+    lexical_index: Literal["tantivy", "fts5"] = Field(
+        default="tantivy",
+        description="Embedded store's BM25 search: tantivy (derived, fast) or FTS5 (in SQLite).",
+    )
     exact_search_below: int = Field(
         default=20_000, ge=0, description="Collections with fewer chunks use exact dense search."
     )

@@ -26,6 +26,8 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
     "sqlite-exact": lambda path: SqliteStore(path, exact_search_below=1_000_000),
     # Every collection on the HNSW index, including filtered-search fallbacks.
     "sqlite-ann": lambda path: SqliteStore(path, exact_search_below=0),
+    # Lexical search on FTS5 itself instead of the derived tantivy index.
+    "sqlite-fts5": lambda path: SqliteStore(path, lexical_index="fts5"),
 }
 
 
