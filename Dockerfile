@@ -19,9 +19,11 @@ RUN python -m venv /opt/ragserve \
 ENV RAGSERVE_MODEL_DIR=/opt/models
 # --warm loads each model once, so ONNX Runtime's optimized graph is saved into the image too
 # (the runtime user cannot write /opt/models; loads then skip graph optimization).
+# The runtime needs no installer in its virtualenv. The bytecode pip compiled stays: the
+# runtime user cannot write it, and compiling every import at each start would slow it.
 RUN /opt/ragserve/bin/ragserve models pull --warm \
  && rm -f /opt/models/.lock-* \
- && find /opt/ragserve -name '__pycache__' -prune -o -name '*.pyc' -print -delete >/dev/null
+ && /opt/ragserve/bin/python -m pip uninstall --quiet -y pip setuptools
 
 FROM ${PYTHON} AS runtime
 RUN useradd --system --uid 10001 --home-dir /data --create-home ragserve

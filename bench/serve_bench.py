@@ -114,7 +114,8 @@ def batching_effect(data_dir: Path, queries: list[str], quick: bool) -> dict[str
 
 
 def footprint() -> dict[str, Any]:
-    """Installed runtime (a fresh venv with `pip install .`, no extras) plus the default models."""
+    """Installed runtime (a fresh venv with `pip install .`, no extras, minus what the
+    Dockerfile removes) plus the default models."""
     from ragserve.config import Settings
 
     root = Path(__file__).resolve().parent.parent
@@ -123,6 +124,13 @@ def footprint() -> dict[str, Any]:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
         subprocess.run([*pip, str(root)], check=True, capture_output=True)
+        # As the Dockerfile's build stage leaves it: no installer (bytecode kept).
+        python = str(venv / "bin" / "python")
+        subprocess.run(
+            [python, "-m", "pip", "uninstall", "--quiet", "-y", "pip", "setuptools"],
+            check=True,
+            capture_output=True,
+        )
         site = next(venv.glob("lib/python*/site-packages"))
         packages = _du(site)
         biggest = sorted(
