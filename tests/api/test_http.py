@@ -128,6 +128,24 @@ def test_invalid_collection_requests_are_422(
     assert where in error_of(r)["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/collections", b'{"name": "x",'),
+        ("/v1/collections/docs/search", b"not json at all"),
+        ("/v1/embeddings", b'{"input": ["a"]'),
+    ],
+)
+def test_a_body_that_is_not_json_is_400(client: TestClient, path: str, body: bytes) -> None:
+    client.post("/v1/collections", json={"name": "docs"})
+    before = client.get("/v1/collections").json()
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert error_of(r)["type"] == "bad_request"
+    assert "not valid JSON" in error_of(r)["message"]
+    assert client.get("/v1/collections").json() == before
+
+
 def test_unknown_embedder_lists_valid_ones(client: TestClient) -> None:
     r = client.post("/v1/collections", json={"name": "x", "embedder": "nope"})
     assert r.status_code == 404

@@ -67,6 +67,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # A body that is not JSON at all is malformed (400); JSON of the wrong shape, 422.
+        broken = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if broken:
+            ctx = broken[0].get("ctx") or {}
+            detail = ctx.get("error") or broken[0].get("msg", "invalid JSON")
+            return error_response(400, "bad_request", f"request body is not valid JSON: {detail}")
         return error_response(422, "invalid_request", _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
