@@ -230,6 +230,17 @@ def store_bench(n: int, kind: str, per_doc: int, n_queries: int) -> dict[str, An
             return searcher.search("bench", SearchRequest(query_texts[i], top_k=10, mode="hybrid"))
 
         out["hybrid_p50_ms"] = p50_ms(hybrid, n_queries)
+        # The same data searched through FTS5 itself (RAGSERVE_LEXICAL_INDEX=fts5), same run.
+        store.lexical_index = "fts5"
+        out["lexical_fts5_p50_ms"] = p50_ms(
+            lambda i: store.lexical_search("bench", query_texts[i], 10), n_queries
+        )
+        out["hybrid_fts5_p50_ms"] = p50_ms(hybrid, n_queries)
+        store.lexical_index = "tantivy"
+        out["lexical_filtered_p50_ms"] = p50_ms(
+            lambda i: store.lexical_search("bench", query_texts[i], 10, {"year": {"$gte": 2020}}),
+            n_queries,
+        )
         out["rss_mb_store"] = round(rss_mb() - rss0, 1)
         store.close()
         t = time.perf_counter()
