@@ -157,3 +157,17 @@ def test_blas_threads_are_capped_for_the_process() -> None:
     with threadpool_limits(limits=None):  # restores the pools afterwards
         limit_blas_threads(1)
         assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+
+
+def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from ragserve.service import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    expected = platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is expected

@@ -258,7 +258,9 @@ def serve(
     import uvicorn
 
     from ragserve.api.app import create_app
+    from ragserve.service import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before the request threads exist
     s = settings()
     if host is not None or port is not None:
         s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
