@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
@@ -45,6 +46,13 @@ def fill(store: SqliteStore, texts: list[str], start: int = 0) -> None:
         )
 
 
+def new_store(path: Path, texts: list[str], **options: Any) -> SqliteStore:
+    store = SqliteStore(path, **options)
+    store.create_collection("c", "fake", DIM)
+    fill(store, texts)
+    return store
+
+
 def docs(store: SqliteStore, query: str, k: int = 10, filter: dict | None = None) -> list[str]:
     return [h.document_id for h in store.lexical_search("c", query, k, filter)]
 
@@ -59,11 +67,8 @@ def crash(store: SqliteStore) -> None:
 
 def test_tantivy_and_fts5_rank_alike(tmp_path: Path) -> None:
     texts = corpus(400)
-    fast = SqliteStore(tmp_path / "t")
-    slow = SqliteStore(tmp_path / "f", lexical_index="fts5")
-    for store in (fast, slow):
-        store.create_collection("c", "fake", DIM)
-        fill(store, texts)
+    fast = new_store(tmp_path / "t", texts)
+    slow = new_store(tmp_path / "f", texts, lexical_index="fts5")
     rng = random.Random(1)
     overlaps = []
     for _ in range(30):
@@ -80,9 +85,7 @@ def test_tantivy_and_fts5_rank_alike(tmp_path: Path) -> None:
 
 
 def test_writes_are_searchable_at_once_and_survive_a_reopen(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
-    store.create_collection("c", "fake", DIM)
-    fill(store, ["alpha beta", "beta gamma"])
+    store = new_store(tmp_path, ["alpha beta", "beta gamma"])
     assert docs(store, "beta") == ["d0", "d1"]  # ties by chunk rowid
     fill(store, ["gamma delta"], start=2)
     assert docs(store, "delta") == ["d2"]
@@ -98,9 +101,7 @@ def test_writes_are_searchable_at_once_and_survive_a_reopen(tmp_path: Path) -> N
 
 
 def test_a_crash_before_the_lexical_commit_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
-    store.create_collection("c", "fake", DIM)
-    fill(store, corpus(50))
+    store = new_store(tmp_path, corpus(50))
     assert docs(store, "virus")  # loads the index and commits
     fill(store, ["zebra quagga"], start=50)  # acknowledged by SQLite, not committed to tantivy
     crash(store)
@@ -111,9 +112,7 @@ def test_a_crash_before_the_lexical_commit_is_rebuilt_from_sqlite(tmp_path: Path
 
 
 def test_a_damaged_or_foreign_index_is_rebuilt(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
-    store.create_collection("c", "fake", DIM)
-    fill(store, corpus(60))
+    store = new_store(tmp_path, corpus(60))
     expected = docs(store, "tumor brain", 20)
     store.close()
     manifest = tmp_path / "lexical" / "1.json"
@@ -134,9 +133,7 @@ def test_a_damaged_or_foreign_index_is_rebuilt(tmp_path: Path) -> None:
 
 
 def test_filtered_lexical_search_is_exact(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
-    store.create_collection("c", "fake", DIM)
-    fill(store, corpus(300, seed=3))
+    store = new_store(tmp_path, corpus(300, seed=3))
     every = docs(store, "gene dose", 300)
     even = docs(store, "gene dose", 300, {"even": True})
     assert even == [d for d in every if int(d[1:]) % 2 == 0]
@@ -146,9 +143,7 @@ def test_filtered_lexical_search_is_exact(tmp_path: Path) -> None:
 
 
 def test_deleting_a_collection_removes_its_lexical_index(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
-    store.create_collection("c", "fake", DIM)
-    fill(store, ["alpha"])
+    store = new_store(tmp_path, ["alpha"])
     assert docs(store, "alpha") == ["d0"]
     store.delete_collection("c")
     assert list((tmp_path / "lexical").iterdir()) == []
