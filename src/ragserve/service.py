@@ -69,7 +69,7 @@ class IngestTimings:
     chunks: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        total = self.parse + self.chunk + self.embed + self.store
+        total = sum(getattr(self, stage) for stage in STAGES)
         out = {stage: round(getattr(self, stage), 3) for stage in STAGES}
         out |= {f"{stage}_share": round(getattr(self, stage) / total, 3) if total else 0.0
                 for stage in STAGES}  # fmt: skip

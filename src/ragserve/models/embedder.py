@@ -69,12 +69,11 @@ class Batching:
         same batches whatever order they arrive in: int8 dynamic quantization scales activations
         per batch, so a vector depends (slightly) on its batch-mates.
         """
-        if ties is None:
-            order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        else:
-            order = sorted(
-                range(len(lengths)), key=lambda i: (lengths[i], tuple(ties[i])), reverse=True
-            )
+        order = sorted(
+            range(len(lengths)),
+            key=lambda i: (lengths[i], tuple(ties[i]) if ties is not None else ()),
+            reverse=True,
+        )
         batches: list[list[int]] = []
         current: list[int] = []
         width = 0

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 
 Spinning = Literal["off", "in_run", "always"]
-SPINNING: tuple[Spinning, ...] = ("off", "in_run", "always")
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,9 +136,14 @@ def query_words(text: str) -> list[str]:
     return kept[:MAX_QUERY_TERMS]
 
 
+def fts_match(words: Sequence[str]) -> str:
+    """Query words -> an FTS5 query that cannot be a syntax error: quoted terms joined by OR."""
+    return " OR ".join(f'"{w}"' for w in words)
+
+
 def fts_query(text: str) -> str:
-    """User text -> an FTS5 query that cannot be a syntax error: quoted terms joined by OR."""
-    return " OR ".join(f'"{w}"' for w in query_words(text))
+    """User text -> its FTS5 query (:func:`query_words`, then :func:`fts_match`)."""
+    return fts_match(query_words(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +546,7 @@ class SqliteStore:
         node: Filter | None,
     ) -> list[tuple[int, float]]:
         fts = f"fts_{c.id}"
-        params: list[object] = [" OR ".join(f'"{w}"' for w in words)]
+        params: list[object] = [fts_match(words)]
         if node is None:
             sql = f"SELECT rowid, -bm25({fts}) FROM {fts} WHERE {fts} MATCH ?"
         else:

@@ -21,9 +21,10 @@ import importlib.metadata
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hnswlib
 import numpy as np
@@ -43,6 +44,9 @@ class AnnParams:
     expansion_add: int = 128
     expansion_search: int = 96
     threads: int = 0  # 0: all cores, for bulk builds
+
+
+M = TypeVar("M")
 
 
 def normalize(vectors: Vectors) -> Vectors:
@@ -307,19 +311,29 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest | None:
-        try:
-            raw: Any = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**raw) if isinstance(raw, dict) else None
-        except (OSError, ValueError, TypeError):
-            return None
+        return read_manifest(cls, path)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        write_atomic(path, self.to_json())
+
+
+def read_manifest(cls: Callable[..., M], path: Path) -> M | None:
+    """A manifest dataclass from its JSON file; None if missing, unreadable or of another shape."""
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**raw) if isinstance(raw, dict) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
 
 def keys_checksum(keys: Keys) -> str:

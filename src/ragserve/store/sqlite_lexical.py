@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tantivy
 
-from ragserve.store.sqlite_ann import Keys
+from ragserve.store.sqlite_ann import Keys, read_manifest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,10 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest | None:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+        return read_manifest(cls, path)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self)))
 
 
 class LexicalIndex:
@@ -89,7 +84,7 @@ class LexicalIndex:
         path.mkdir(parents=True, exist_ok=True)
         self._analyzer = _analyzer()
         self._index = tantivy.Index(_schema(), path=str(path), reuse=True)
-        self._index.register_tokenizer(ANALYZER, _analyzer())
+        self._index.register_tokenizer(ANALYZER, self._analyzer)
         self._writer: tantivy.IndexWriter | None = None
         self._dirty = False
 
@@ -183,14 +178,15 @@ class LexicalKeeper:
     def _paths(self, cid: int) -> tuple[Path, Path]:
         return self.root / str(cid), self.root / f"{cid}.json"
 
-    def _state(self, cid: int) -> tuple[int, int]:
+    def _expected(self, cid: int) -> Manifest:
+        """The manifest an index matching the database now would have."""
         (generation,) = self._conn.execute(
             "SELECT generation FROM collections WHERE id = ?", (cid,)
         ).fetchone()
         (count,) = self._conn.execute(
             "SELECT count(*) FROM chunks WHERE collection_id = ?", (cid,)
         ).fetchone()
-        return int(generation), int(count)
+        return Manifest(FORMAT, version("tantivy"), int(generation), int(count))
 
     def get(self, cid: int) -> LexicalIndex:
         index = self.indexes.get(cid)
@@ -201,13 +197,11 @@ class LexicalKeeper:
 
     def _open(self, cid: int) -> LexicalIndex:
         directory, manifest_path = self._paths(cid)
-        generation, count = self._state(cid)
-        manifest = Manifest.read(manifest_path)
-        expected = Manifest(FORMAT, version("tantivy"), generation, count)
-        if manifest == expected and directory.is_dir():
+        expected = self._expected(cid)
+        if Manifest.read(manifest_path) == expected and directory.is_dir():
             try:
                 index = LexicalIndex(directory)
-                if index.count() == count:
+                if index.count() == expected.count:
                     self.last_load[cid] = "loaded"
                     return index
                 index.close()
@@ -244,8 +238,7 @@ class LexicalKeeper:
         index = self.indexes.get(cid)
         if index is not None and index.dirty:
             index.commit()
-            generation, count = self._state(cid)
-            Manifest(FORMAT, version("tantivy"), generation, count).write(self._paths(cid)[1])
+            self._expected(cid).write(self._paths(cid)[1])
 
     def flush(self) -> None:
         for cid in list(self.indexes):
