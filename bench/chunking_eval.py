@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragserve.config import Settings
-from ragserve.evaluation import load_beir, ndcg_at_k, recall_at_k
+from ragserve.evaluation import beir_scores, load_beir, ndcg_at_k
 from ragserve.ingest.chunking import chunk_document, embedding_text
 from ragserve.models.embedder import Embedder
 from ragserve.models.manager import ModelManager
@@ -207,8 +207,7 @@ def main() -> None:
             "documents": len(docs),
             "chunks": len(texts),
             "queries": len(qids),
-            "ndcg@10": round(ndcg_at_k(run, qrels, 10), 4),
-            "recall@100": round(recall_at_k(run, qrels, 100), 4),
+            **beir_scores(run, qrels),
             "seconds": round(time.perf_counter() - started, 1),
         }
         results.append(row)

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragserve.config import Settings
-from ragserve.evaluation import Qrels, load_beir, ndcg_at_k, recall_at_k
+from ragserve.evaluation import Qrels, beir_scores, load_beir
 from ragserve.models.embedder import Embedder
 from ragserve.models.manager import ModelManager
 from ragserve.models.reranker import Reranker
@@ -107,10 +107,7 @@ def evaluate(
             rerank=rerank.score if rerank else None,
         )
         run[qid] = [h.document_id for h in result.hits]
-    return {
-        "ndcg@10": round(ndcg_at_k(run, qrels, 10), 4),
-        "recall@100": round(recall_at_k(run, qrels, 100), 4),
-    }
+    return beir_scores(run, qrels)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from bench.eval_search import cached_doc_vectors, evaluate
 from ragserve.config import Settings
-from ragserve.evaluation import Qrels, load_beir, ndcg_at_k, recall_at_k
+from ragserve.evaluation import Qrels, beir_scores, load_beir
 from ragserve.models.manager import ModelManager
 from ragserve.search import Searcher, SearchRequest
 from ragserve.store.base import Store
@@ -113,10 +113,7 @@ def ts_rank_cd_quality(dsn: str, queries: dict[str, str], qrels: Qrels) -> dict[
                 (words,),
             ).fetchall()
             run[qid] = [r[0] for r in rows]
-    return {
-        "ndcg@10": round(ndcg_at_k(run, qrels, 10), 4),
-        "recall@100": round(recall_at_k(run, qrels, 100), 4),
-    }
+    return beir_scores(run, qrels)
 
 
 def main() -> None:

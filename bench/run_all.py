@@ -229,7 +229,7 @@ def quality(
     url: str, queries: dict[str, str], qrels: dict[str, dict[str, int]], run: Run
 ) -> dict[str, Any]:
     """nDCG@10 / Recall@100 over HTTP: top 100, one hit per document, the BEIR protocol."""
-    from ragserve.evaluation import ndcg_at_k, recall_at_k
+    from ragserve.evaluation import beir_scores
 
     ranked: dict[str, list[str]] = {}
     latencies = []
@@ -244,8 +244,7 @@ def quality(
             ranked[qid] = [hit["document_id"] for hit in r.json()["results"]]
     latencies.sort()
     return {
-        "ndcg@10": round(ndcg_at_k(ranked, qrels, 10), 4),
-        "recall@100": round(recall_at_k(ranked, qrels, 100), 4),
+        **beir_scores(ranked, qrels),
         "queries": len(queries),
         "sequential_p50_ms": round(latencies[len(latencies) // 2], 2),
     }

@@ -72,3 +72,15 @@ def test_evaluation_through_the_service(tmp_path: Path) -> None:
         assert row.queries == 2
         assert row.ndcg_at_10 == pytest.approx(1.0)  # each query's one document ranks first
         assert row.recall_at_100 == pytest.approx(1.0)
+
+
+def test_beir_scores_are_the_two_figures_rounded() -> None:
+    from ragserve.evaluation import beir_scores, ndcg_at_k, recall_at_k
+
+    run = {"q1": ["d3", "d1", "d9"], "q2": ["d7"]}
+    qrels = {"q1": {"d1": 1, "d2": 2}, "q2": {"d7": 1}}
+    assert beir_scores(run, qrels) == {
+        "ndcg@10": round(ndcg_at_k(run, qrels, 10), 4),
+        "recall@100": round(recall_at_k(run, qrels, 100), 4),
+    }
+    assert beir_scores(run, qrels)["recall@100"] == 0.75

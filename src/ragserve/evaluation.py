@@ -75,6 +75,14 @@ def ndcg_at_k(run: Mapping[str, Sequence[str]], qrels: Qrels, k: int = 10) -> fl
     return sum(scores) / len(scores) if scores else 0.0
 
 
+def beir_scores(run: Mapping[str, Sequence[str]], qrels: Qrels) -> dict[str, float]:
+    """The two BEIR figures every table here shows, rounded to 4 places."""
+    return {
+        "ndcg@10": round(ndcg_at_k(run, qrels, 10), 4),
+        "recall@100": round(recall_at_k(run, qrels, 100), 4),
+    }
+
+
 def recall_at_k(run: Mapping[str, Sequence[str]], qrels: Qrels, k: int = 100) -> float:
     scores = []
     for qid, rels in qrels.items():
