@@ -31,6 +31,14 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
 }
 
 
+def crash(store: SqliteStore) -> None:
+    """Drop a store as a killed process would: nothing flushed, nothing closed."""
+    store._closed = True
+    for conn in store._conns:
+        conn.close()
+    store._lock_file.close()
+
+
 #: Connection options of each PostgreSQL variant of the contract suite.
 POSTGRES_VARIANTS: dict[str, dict[str, Any]] = {
     # The planner's choice (exact scans of small tables, HNSW on large ones).

@@ -10,6 +10,7 @@ from typing import Any
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
+from tests.store.conftest import crash
 
 DIM = 8
 WORDS = [
@@ -55,14 +56,6 @@ def new_store(path: Path, texts: list[str], **options: Any) -> SqliteStore:
 
 def docs(store: SqliteStore, query: str, k: int = 10, filter: dict | None = None) -> list[str]:
     return [h.document_id for h in store.lexical_search("c", query, k, filter)]
-
-
-def crash(store: SqliteStore) -> None:
-    """Drop a store as a killed process would: nothing flushed, nothing closed."""
-    store._closed = True
-    for conn in store._conns:
-        conn.close()
-    store._lock_file.close()
 
 
 def test_tantivy_and_fts5_rank_alike(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from ragserve.errors import Unavailable
 from ragserve.store.sqlite import SqliteStore, fts_query
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
+from tests.store.conftest import crash
 
 DIM = 24
 
@@ -149,10 +150,7 @@ def test_unsaved_changes_are_recovered_from_sqlite(tmp_path: Path) -> None:
     vectors = build(tmp_path)
     store = open_ann(tmp_path)
     fill(store, random_unit(8, DIM, seed=6), start=500)
-    store._closed = True  # simulate the crash: no flush, no close
-    for conn in store._conns:
-        conn.close()
-    store._lock_file.close()
+    crash(store)
     store = open_ann(tmp_path)
     assert store.get_collection("c").chunks == 408
     assert ids(store, random_unit(8, DIM, seed=6)[3], 1) == ["d500#3"]
