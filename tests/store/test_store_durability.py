@@ -80,13 +80,23 @@ def test_sigkill_during_ingest_keeps_every_acknowledged_document(
     assert proc.returncode == -signal.SIGKILL
 
     store = SqliteStore(tmp_path, exact_search_below=THRESHOLD)
+    try:
+        check_after_restart(store, acked)
+    finally:
+        store.close()
+
+
+def check_after_restart(store: SqliteStore, acked: dict[str, tuple[int, int]]) -> None:
     searcher = Searcher(store)
     info = store.get_collection("c")
     # At most one document past the last acknowledgement may have been committed.
     extra = info.documents - len(acked)
     assert extra in (0, 1)
     expected_chunks = sum(n for _, n in acked.values())
-    assert info.chunks in range(expected_chunks, expected_chunks + 4)
+    # The one write that may have committed unacknowledged is a new 3-chunk document (+3) or
+    # the replacement of an earlier one by 2 chunks (-1): at 40 and 200 acknowledgements the
+    # writer's next write is always such a replacement.
+    assert info.chunks - expected_chunks in (-1, 0, 3)
     last = list(acked)[-10:]
     for number, (doc_id, (seed, n)) in enumerate(acked.items()):
         doc = store.get_document("c", doc_id)
@@ -117,4 +127,3 @@ def test_sigkill_during_ingest_keeps_every_acknowledged_document(
         assert count == (2 if int(content_hash) >= 100_000 else 3), doc_id
     conn.execute("INSERT INTO fts_1 (fts_1) VALUES ('integrity-check')")
     assert len(store._indexes[1]) == info.chunks
-    store.close()
