@@ -21,7 +21,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,25 +62,30 @@ async def run(
     errors: dict[str, int] = {}
     issued = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    payloads = [json.dumps(b).encode() for b in bodies]
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60.0)
 
-    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def worker() -> None:
             nonlocal issued
             while issued < requests and time.perf_counter() < deadline:
-                body = bodies[issued % len(bodies)]
+                payload = payloads[issued % len(payloads)]
                 issued += 1
                 t = time.perf_counter()
                 try:
-                    r = await client.post(url, json=body)
-                except httpx.HTTPError as exc:
+                    async with client.post(url, data=payload, headers=headers) as r:
+                        await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                     continue
-                if r.status_code == 200:
+                if status == 200:
                     latencies.append((time.perf_counter() - t) * 1000)
                 else:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                    errors[str(status)] = errors.get(str(status), 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

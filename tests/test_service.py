@@ -26,12 +26,14 @@ class CountingEmbedder(FakeEmbedder):
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.inside = 0  # calls that entered the model (and maybe wait at the gate)
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         self.documents_embedded += len(texts)
         return super().embed_documents(texts)
 
     def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        self.inside += 1
         self.entered.set()
         assert self.gate.wait(30)
         self.query_batches.append(len(texts))
@@ -101,27 +103,36 @@ def test_chunks_respect_the_configured_size(service: RetrievalService) -> None:
         assert len(chunk.text.split()) <= 16
 
 
+@pytest.mark.parametrize("runs", [1, 2])
 def test_concurrent_queries_are_batched_together(
-    service: RetrievalService, embedder: CountingEmbedder
+    tmp_path: Path, embedder: CountingEmbedder, runs: int
 ) -> None:
-    service.ingest("c", [_doc(i) for i in range(3)])
-    embedder.gate.clear()  # hold the model: queries pile up behind the first one
+    settings = make_settings(tmp_path, threads=runs, embedder_threads=1)
+    assert settings.embedder_runs == runs
+    service = make_service(settings, embedder)
+    embedder.gate.clear()  # hold the model: queries pile up behind the first ``runs`` ones
     results: list[np.ndarray] = []
     threads = [
         threading.Thread(target=lambda q=q: results.append(service.embed_queries([q])))
         for q in ("alpha", "beta", "gamma", "delta", "epsilon")
     ]
     batcher = service._query_batcher("fake-embedder")
-    threads[0].start()
-    _wait_until(embedder.entered.is_set)  # the worker holds the first query inside the model
-    for t in threads[1:]:
-        t.start()
-    _wait_until(lambda: batcher.pending == 5)
-    embedder.gate.set()
-    for t in threads:
-        t.join(10)
+    try:
+        for i, t in enumerate(threads[:runs], start=1):
+            t.start()
+            _wait_until(lambda i=i: embedder.inside == i)  # each worker holds one query
+        for t in threads[runs:]:
+            t.start()
+        _wait_until(lambda: batcher.pending == 5)
+        embedder.gate.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        embedder.gate.set()
+        service.close()
     assert len(results) == 5
-    assert sorted(embedder.query_batches) == [1, 4]  # the first alone, then the four waiting
+    # The first ``runs`` queries alone, then everything that waited as one batch.
+    assert sorted(embedder.query_batches) == [1] * runs + [5 - runs]
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

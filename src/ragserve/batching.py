@@ -2,10 +2,11 @@
 
 Concurrent requests each want a few texts embedded (or a few pairs scored). Running them one by
 one wastes the model's batch parallelism; queueing them without bound turns overload into
-timeouts. :class:`MicroBatcher` does neither: callers submit work and get a future; one worker
+timeouts. :class:`MicroBatcher` does neither: callers submit work and get a future; a worker
 thread takes everything that is waiting (up to a batch limit), runs it as one model call, and
 resolves each future with its slice. When more than ``max_pending`` items wait, ``submit`` raises
-:class:`~ragserve.errors.Overloaded` at once (HTTP 429 + Retry-After).
+:class:`~ragserve.errors.Overloaded` at once (HTTP 429 + Retry-After). With ``workers > 1``, that
+many model calls run at once (for sessions that use one core each: the query embedder).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class MicroBatcher(Generic[In, Out]):
         max_batch: int = 64,
         max_pending: int = 256,
         name: str = "batcher",
+        workers: int = 1,
     ) -> None:
         self._run = run
         self.max_batch = max_batch
@@ -57,8 +59,12 @@ class MicroBatcher(Generic[In, Out]):
         self._pending = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
@@ -90,7 +96,8 @@ class MicroBatcher(Generic[In, Out]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _take(self) -> list[_Job[In, Out]]:
         with self._cond:
@@ -123,7 +130,7 @@ class MicroBatcher(Generic[In, Out]):
             finally:
                 with self._cond:
                     self._pending -= len(flat)
-                self.stats.batches += 1
-                self.stats.items += len(flat)
-                self.stats.largest = max(self.stats.largest, len(flat))
-                self.stats.sizes.append(len(flat))
+                    self.stats.batches += 1
+                    self.stats.items += len(flat)
+                    self.stats.largest = max(self.stats.largest, len(flat))
+                    self.stats.sizes.append(len(flat))

@@ -27,7 +27,7 @@ from ragserve.errors import InvalidInput
 from ragserve.filters import Filter, parse_filter
 from ragserve.models.embedder import Embedder
 from ragserve.models.reranker import Reranker
-from ragserve.store.base import ScoredChunk, Store
+from ragserve.store.base import ChunkRef, ScoredChunk, Store
 from ragserve.types import JSONDict
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -90,12 +90,12 @@ class SearchResult:
 
 @dataclass(slots=True)
 class _Candidate:
-    chunk: ScoredChunk
+    chunk: ChunkRef
     score: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def rrf(rankings: Sequence[tuple[Sequence[ScoredChunk], float, str]], k: int) -> list[_Candidate]:
+def rrf(rankings: Sequence[tuple[Sequence[ChunkRef], float, str]], k: int) -> list[_Candidate]:
     """Reciprocal rank fusion: ``sum(weight / (k + rank))`` over the lists (ranks from 1).
 
     ``rankings``: (hits best first, weight, name); each hit's own score is kept under ``name``.
@@ -205,6 +205,17 @@ class Searcher:
                 raise InvalidInput(f"{name} must be a number between 0 and 1000")
         return parse_filter(req.filter)
 
+    def _present(
+        self, collection: str, wanted: list[_Candidate], chunks: dict[str, ScoredChunk]
+    ) -> list[_Candidate]:
+        """Read the chunks of ``wanted`` not in ``chunks`` yet into it; return those of
+        ``wanted`` that still exist (one deleted since the index was read drops out)."""
+        missing = [c.chunk for c in wanted if c.chunk.chunk_id not in chunks]
+        if missing:
+            for chunk in self.store.hydrate(collection, missing):
+                chunks[chunk.chunk_id] = chunk
+        return [c for c in wanted if c.chunk.chunk_id in chunks]
+
     def search(
         self,
         collection: str,
@@ -232,20 +243,20 @@ class Searcher:
         need = max(req.top_k, req.rerank_top_n if req.rerank else 0)
         if req.collapse:
             need = min(need * 3, self.max_candidates)
-        rankings: list[tuple[Sequence[ScoredChunk], float, str]] = []
+        rankings: list[tuple[Sequence[ChunkRef], float, str]] = []
         if req.mode in ("dense", "hybrid") and embed_fn is not None:
             t = time.perf_counter()
             vector = embed_fn([req.query])[0]
             timings["embed"] = _ms(t)
             t = time.perf_counter()
             count = need if req.mode == "dense" else max(need, req.dense_candidates)
-            dense = self.store.dense_search(collection, vector, count, node)
+            dense = self.store.dense_refs(collection, vector, count, node)
             timings["dense"] = _ms(t)
             rankings.append((dense, req.dense_weight, "dense"))
         if req.mode in ("lexical", "hybrid"):
             t = time.perf_counter()
             count = need if req.mode == "lexical" else max(need, req.lexical_candidates)
-            lexical = self.store.lexical_search(collection, req.query, count, node)
+            lexical = self.store.lexical_refs(collection, req.query, count, node)
             timings["lexical"] = _ms(t)
             rankings.append((lexical, req.lexical_weight, "lexical"))
 
@@ -259,10 +270,17 @@ class Searcher:
             candidates = collapse_documents(candidates)
         timings["fuse"] = _ms(t)
 
+        # Texts and metadata are read only for the chunks that need them: the reranked head and
+        # the returned page (not the hundreds of candidates fusion looked at).
+        chunks: dict[str, ScoredChunk] = {}
         if req.rerank and rerank_fn is not None and candidates:
             t = time.perf_counter()
+            candidates = (
+                self._present(collection, candidates[: req.rerank_top_n], chunks)
+                + (candidates[req.rerank_top_n :])
+            )
             head = candidates[: req.rerank_top_n]
-            passages = [c.chunk.text[: req.rerank_max_chars] for c in head]
+            passages = [chunks[c.chunk.chunk_id].text[: req.rerank_max_chars] for c in head]
             logits = rerank_fn(req.query, passages)
             side = {"dense": req.dense_weight, "lexical": req.lexical_weight}
             candidates = rerank_fuse(
@@ -274,19 +292,20 @@ class Searcher:
             )
             timings["rerank"] = _ms(t)
 
+        page = self._present(collection, candidates[: req.top_k], chunks)
         hits = tuple(
             SearchHit(
                 document_id=c.chunk.document_id,
                 chunk_id=c.chunk.chunk_id,
                 chunk_index=c.chunk.chunk_index,
-                text=c.chunk.text,
+                text=chunks[c.chunk.chunk_id].text,
                 score=float(c.score),
                 rank=rank,
-                metadata=c.chunk.metadata,
-                chunk_metadata=c.chunk.chunk_metadata,
+                metadata=chunks[c.chunk.chunk_id].metadata,
+                chunk_metadata=chunks[c.chunk.chunk_id].chunk_metadata,
                 scores=dict(c.scores),
             )
-            for rank, c in enumerate(candidates[: req.top_k], start=1)
+            for rank, c in enumerate(page, start=1)
         )
         timings["total"] = _ms(started)
         return SearchResult(hits, timings, req.mode, reranked=req.rerank)

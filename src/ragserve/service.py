@@ -152,6 +152,7 @@ class RetrievalService:
                     max_batch=self.settings.max_batch_size,
                     max_pending=self.settings.max_inflight,
                     name=f"embed-{name}",
+                    workers=self.settings.embedder_runs,
                 )
                 self._query_batchers[name] = batcher
             return batcher
@@ -335,12 +336,11 @@ class RetrievalService:
     # ------------------------------------------------------------------ search
 
     def search(self, collection: str, request: SearchRequest) -> SearchResult:
-        info = self.store.get_collection(collection)
+        name = self.store.collection_embedder(collection)
         if request.top_k > self.settings.max_top_k:
             raise InvalidInput(f"top_k must be at most {self.settings.max_top_k}")
         if len(request.query) > self.settings.max_query_chars:
             raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
-        name = info.embedder
 
         def embed(texts: Sequence[str]) -> Vectors:
             return self.embed_queries(texts, name)

@@ -63,6 +63,18 @@ def test_ties_in_length_form_the_same_batches_whatever_the_input_order() -> None
     assert groups([0, 1, 2, 3, 4]) == groups([4, 3, 2, 1, 0]) == groups([2, 0, 4, 1, 3])
 
 
+def test_texts_of_unequal_length_are_not_padded_together_beyond_the_cap() -> None:
+    lengths = [40, 39, 38, 30, 29, 20, 20, 20, 12]
+    for cap in (0.0, 0.15, 0.5):
+        plan = Batching(batch_tokens=10_000, max_batch_size=64, max_padding=cap).plan(lengths)
+        assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+        for batch in plan:
+            padded = max(lengths[i] for i in batch) * len(batch)
+            assert padded <= (1 + cap) * sum(lengths[i] for i in batch)
+    assert len(Batching(max_padding=0.0).plan(lengths)) == 7  # only equal lengths share
+    assert len(Batching(max_padding=10.0).plan(lengths)) == 1
+
+
 def test_an_over_budget_text_gets_a_batch_of_its_own() -> None:
     plan = Batching(batch_tokens=100, max_batch_size=8).plan([500, 10, 10])
     assert plan[0] == [0]

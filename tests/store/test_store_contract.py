@@ -260,6 +260,32 @@ def test_dense_search_returns_nearest_chunks_with_their_data(coll: Store) -> Non
     assert len(coll.dense_search("c", vectors[0], 100)) == 30  # k above the count: all
 
 
+def test_refs_rank_like_searches_and_hydrate_only_what_still_exists(coll: Store) -> None:
+    vectors = random_unit(6, DIM, seed=11)
+    add(coll, "a", ["otter river", "otter den", "salmon run"], vectors=vectors[:3])
+    add(coll, "b", ["otter sea", "kelp forest", "sea urchin"], vectors=vectors[3:])
+    for refs, full in (
+        (coll.dense_refs("c", vectors[1], 4), coll.dense_search("c", vectors[1], 4)),
+        (coll.lexical_refs("c", "otter", 4), coll.lexical_search("c", "otter", 4)),
+    ):
+        assert [(r.chunk_id, r.score) for r in refs] == [(h.chunk_id, h.score) for h in full]
+        assert coll.hydrate("c", refs) == full
+        assert coll.hydrate("c", refs[::-1]) == full[::-1]  # in the order asked
+    refs = coll.lexical_refs("c", "otter", 10)
+    assert {r.document_id for r in refs} == {"a", "b"}
+    coll.delete_document("c", "a")  # between the index read and the hydration
+    assert [h.document_id for h in coll.hydrate("c", refs)] == ["b"]
+    assert coll.hydrate("c", []) == []
+    with pytest.raises(CollectionNotFound):
+        coll.hydrate("missing", refs)
+
+
+def test_collection_embedder(coll: Store) -> None:
+    assert coll.collection_embedder("c") == "fake"
+    with pytest.raises(CollectionNotFound):
+        coll.collection_embedder("missing")
+
+
 def test_lexical_search_ranks_by_bm25_with_stemming(coll: Store) -> None:
     add(coll, "a", ["The runner was running fast through the park"])
     add(coll, "b", ["Quantum chromodynamics describes quarks"])

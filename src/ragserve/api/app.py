@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from ragserve import __version__
@@ -71,6 +72,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking handlers run on AnyIO's worker threads; bound them (each keeps a store
+        # connection and its page cache, a stack and malloc state: memory under load).
+        to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         loader = threading.Thread(
             target=_load, args=(settings, state, service), name="ragserve-loader", daemon=True
         )

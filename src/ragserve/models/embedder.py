@@ -7,7 +7,9 @@ token budget, and ``pool`` (CLS or masked mean, then L2 normalization).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -55,10 +57,18 @@ def check_text(text: object, what: str = "text") -> str:
 
 @dataclass(frozen=True, slots=True)
 class Batching:
-    """Length-sorted batches of at most ``max_batch_size`` texts and ``batch_tokens`` tokens."""
+    """Length-sorted batches of at most ``max_batch_size`` texts and ``batch_tokens`` tokens,
+    padded to at most ``1 + max_padding`` times their real tokens.
+
+    On CPU a batch saves little per text (18 % for 16 equal-length queries against one at a
+    time, bge-small, one thread) and every padding token costs a real one, so texts of unequal
+    length are not forced into one batch: 16 SciFact queries padded together cost 25 % more
+    per query than one at a time.
+    """
 
     batch_tokens: int = 1024
     max_batch_size: int = 64
+    max_padding: float = 0.15
 
     def plan(
         self, lengths: Sequence[int], ties: Sequence[Sequence[int]] | None = None
@@ -76,16 +86,20 @@ class Batching:
         )
         batches: list[list[int]] = []
         current: list[int] = []
-        width = 0
+        width = real = 0
         for i in order:
             w = max(width, lengths[i])
+            padded = w * (len(current) + 1)
             if current and (
-                len(current) >= self.max_batch_size or w * (len(current) + 1) > self.batch_tokens
+                len(current) >= self.max_batch_size
+                or padded > self.batch_tokens
+                or padded > (1 + self.max_padding) * (real + lengths[i])
             ):
                 batches.append(current)
-                current, w = [], lengths[i]
+                current, w, real = [], lengths[i], 0
             current.append(i)
             width = w
+            real += lengths[i]
         if current:
             batches.append(current)
         return batches
@@ -135,6 +149,8 @@ class OnnxEmbedder:
         model: CachedModel,
         session_config: SessionConfig | None = None,
         batching: Batching | None = None,
+        *,
+        parallel_runs: int = 1,
     ) -> None:
         spec = model.spec
         self.spec = spec
@@ -146,6 +162,11 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(spec.max_length)
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
         self.batching = batching or Batching()
+        #: Batches of one ``embed_documents`` call run this many at a time (one session is
+        #: safe to run from several threads; give it ``threads=1`` and each run uses one core).
+        self.parallel_runs = max(1, parallel_runs)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -176,19 +197,32 @@ class OnnxEmbedder:
 
     # ------------------------------------------------------------------ API
 
-    def embed(self, texts: Sequence[str], *, query: bool) -> Vectors:
+    def embed(self, texts: Sequence[str], *, query: bool, parallel: bool = False) -> Vectors:
+        """Embed ``texts``; ``parallel``: run its batches ``parallel_runs`` at a time."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         encodings = self.tokenize(texts, query=query)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for batch in self.batching.plan(
-            [len(e.ids) for e in encodings], [e.ids for e in encodings]
-        ):
-            out[batch] = self.run([encodings[i] for i in batch])
+        batches = self.batching.plan([len(e.ids) for e in encodings], [e.ids for e in encodings])
+        runs = [[encodings[i] for i in batch] for batch in batches]
+        if parallel and self.parallel_runs > 1 and len(batches) > 1:
+            results = list(self._executor().map(self.run, runs))
+        else:
+            results = [self.run(run) for run in runs]
+        for batch, vectors in zip(batches, results, strict=True):
+            out[batch] = vectors
         return out
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.parallel_runs, thread_name_prefix=f"embed-{self.name}"
+                )
+            return self._pool
+
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
-        return self.embed(texts, query=False)
+        return self.embed(texts, query=False, parallel=True)
 
     def embed_queries(self, texts: Sequence[str]) -> Vectors:
         return self.embed(texts, query=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ragserve.config import Settings
@@ -29,6 +29,10 @@ class ModelManager:
     catalog: Catalog
     cache: ModelCache
     session_config: SessionConfig = field(default_factory=SessionConfig)
+    #: Intra-op threads of embedder sessions (0: ``session_config.threads``) and how many
+    #: batches of one embedding call run at once.
+    embedder_threads: int = 0
+    embedder_runs: int = 1
     batching: Batching = field(default_factory=Batching)
     rerank_max_length: int = 256
     verify_hashes: bool = True
@@ -45,6 +49,8 @@ class ModelManager:
             session_config=SessionConfig(
                 threads=settings.effective_threads, spinning=settings.onnx_spinning
             ),
+            embedder_threads=settings.embedder_threads,
+            embedder_runs=settings.embedder_runs,
             batching=Batching(settings.batch_tokens, settings.max_batch_size),
             rerank_max_length=settings.rerank_max_length,
         )
@@ -55,8 +61,11 @@ class ModelManager:
             if spec.name not in self._embedders:
                 started = time.perf_counter()
                 cached = self.cache.verify(spec, full=self.verify_hashes)
+                config = self.session_config
+                if self.embedder_threads:
+                    config = replace(config, threads=self.embedder_threads)
                 self._embedders[spec.name] = OnnxEmbedder(
-                    cached, self.session_config, self.batching
+                    cached, config, self.batching, parallel_runs=self.embedder_runs
                 )
                 self._record(spec.name, Kind.EMBEDDER, started)
             return self._embedders[spec.name]

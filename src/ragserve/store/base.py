@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -76,6 +76,24 @@ class ScoredChunk:
         return f"{self.document_id}#{self.chunk_index}"
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """A search hit before its text and metadata are read: enough to rank, fuse and collapse.
+
+    ``key`` is the store's own handle on the chunk row (opaque); :meth:`Store.hydrate` reads the
+    rest for the few hits a search returns, instead of for every candidate.
+    """
+
+    key: Hashable
+    document_id: str
+    chunk_index: int
+    score: float
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.document_id}#{self.chunk_index}"
+
+
 @runtime_checkable
 class Store(Protocol):
     """Backend-independent store contract. Implementations are thread-safe."""
@@ -89,6 +107,10 @@ class Store(Protocol):
 
     def get_collection(self, name: str) -> CollectionInfo:
         """With document and chunk counts; :class:`CollectionNotFound` if absent."""
+        ...
+
+    def collection_embedder(self, name: str) -> str:
+        """The embedder ``name`` is bound to (no counts: cheap enough for every search)."""
         ...
 
     def delete_collection(self, name: str) -> None: ...
@@ -117,6 +139,24 @@ class Store(Protocol):
     def lexical_search(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
     ) -> list[ScoredChunk]: ...
+
+    def dense_refs(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
+        """:meth:`dense_search` without reading texts and metadata."""
+        ...
+
+    def lexical_refs(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
+        """:meth:`lexical_search` without reading texts and metadata."""
+        ...
+
+    def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
+        """The chunks behind ``refs`` (from this collection's searches), in order, with their
+        scores. A chunk deleted since is left out (a replaced document's chunk may come back
+        with its new text)."""
+        ...
 
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` (by id) with its chunks in index order and their

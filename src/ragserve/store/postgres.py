@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import psycopg
@@ -53,6 +53,7 @@ from ragserve.errors import (
 from ragserve.filters import Filter, coerce_filter
 from ragserve.store import postgres_schema
 from ragserve.store.base import (
+    ChunkRef,
     CollectionInfo,
     FilterArg,
     ScoredChunk,
@@ -249,6 +250,10 @@ class PostgresStore:
         with self._conn() as conn:
             return self._info(conn, self._collection(conn, name))
 
+    def collection_embedder(self, name: str) -> str:
+        with self._conn() as conn:
+            return self._collection(conn, name).embedder
+
     def delete_collection(self, name: str) -> None:
         with self._conn() as conn:
             c = self._collection(conn, name)
@@ -386,12 +391,22 @@ class PostgresStore:
     def dense_search(
         self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
     ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.dense_refs(collection, vector, k, filter))
+
+    def lexical_search(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.lexical_refs(collection, query_text, k, filter))
+
+    def dense_refs(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
         check_k(k)
         node = coerce_filter(filter)
         with self._conn() as conn:
             c = self._collection(conn, collection)
             query = check_query_vector(vector, c.dimension)
-            rows: list[tuple[Any, ...]] = []
+            refs: list[ChunkRef] = []
             if k <= MAX_EF_SEARCH:
                 conn.execute(
                     "SELECT set_config('hnsw.ef_search', %s, true)",
@@ -403,10 +418,10 @@ class PostgresStore:
                         "SELECT set_config('hnsw.max_scan_tuples', %s, true)",
                         (str(MAX_SCAN_TUPLES),),
                     )
-                rows = self._dense(conn, c, query, k, node, indexed=True)
-            if len(rows) < k:  # the index ran short (filter, k > ef_search): exact scan
-                rows = self._dense(conn, c, query, k, node, indexed=False)
-            return [_scored(r) for r in rows]
+                refs = self._dense(conn, c, query, k, node, indexed=True)
+            if len(refs) < k:  # the index ran short (filter, k > ef_search): exact scan
+                refs = self._dense(conn, c, query, k, node, indexed=False)
+            return refs
 
     def _dense(
         self,
@@ -417,7 +432,7 @@ class PostgresStore:
         node: Filter | None,
         *,
         indexed: bool,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[ChunkRef]:
         # The index matches only the exact expression ``embedding::vector(dim)``; the exact
         # scan orders by the uncast column, which no index provides.
         column = (
@@ -431,18 +446,18 @@ class PostgresStore:
             where = sql.SQL("WHERE {}").format(sql.SQL(to_sql(node, "d.metadata", params)))
         params.append(k)
         inner = sql.SQL(
-            "SELECT d.doc_id, c.idx, c.text, {col} <=> %s AS dist, d.metadata, c.metadata "
+            "SELECT d.doc_id, c.idx, c.document_id, {col} <=> %s AS dist "
             "FROM {table} c JOIN documents d ON d.id = c.document_id {where} "
             "ORDER BY dist LIMIT %s"
         ).format(col=column, table=c.table, where=where)
         # relaxed_order may return hits slightly out of order: sort them again.
         rows = conn.execute(inner, params).fetchall()
         rows.sort(key=lambda r: (r[3], r[0], r[1]))
-        return [(r[0], r[1], r[2], 1.0 - float(r[3]), r[4], r[5]) for r in rows]
+        return [ChunkRef((int(r[2]), int(r[1])), r[0], int(r[1]), 1.0 - float(r[3])) for r in rows]
 
-    def lexical_search(
+    def lexical_refs(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
+    ) -> list[ChunkRef]:
         check_k(k)
         words = query_words(check_query_text(query_text))
         node = coerce_filter(filter)
@@ -470,14 +485,40 @@ class PostgresStore:
                     "  JOIN documents d ON d.id = c.document_id WHERE TRUE {where} "
                     "  GROUP BY c.document_id, c.idx ORDER BY score DESC, c.document_id, c.idx "
                     "  LIMIT %s) "
-                    "SELECT d.doc_id, c.idx, c.text, s.score, d.metadata, c.metadata "
-                    "FROM scored s JOIN {t} c ON c.document_id = s.document_id AND c.idx = s.idx "
-                    "JOIN documents d ON d.id = s.document_id "
+                    "SELECT d.doc_id, s.idx, s.document_id, s.score "
+                    "FROM scored s JOIN documents d ON d.id = s.document_id "
                     "ORDER BY s.score DESC, s.document_id, s.idx"
                 ).format(t=c.table, where=where),
                 params,
             ).fetchall()
-            return [_scored(r) for r in rows]
+            return [ChunkRef((int(r[2]), int(r[1])), r[0], int(r[1]), float(r[3])) for r in rows]
+
+    def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
+        with self._conn() as conn:
+            c = self._collection(conn, collection)
+            if not refs:
+                return []
+            keys = [cast(tuple[int, int], ref.key) for ref in refs]
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT c.document_id, c.idx, c.text, d.metadata, c.metadata "
+                    "FROM {t} c JOIN documents d ON d.id = c.document_id "
+                    "WHERE (c.document_id, c.idx) IN "
+                    "(SELECT * FROM unnest(%s::bigint[], %s::integer[]))"
+                ).format(t=c.table),
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            ).fetchall()
+            found = {(int(r[0]), int(r[1])): r for r in rows}
+            out = []
+            for ref, key in zip(refs, keys, strict=True):
+                row = found.get(key)
+                if row is not None:  # gone if deleted since the index was read
+                    out.append(
+                        ScoredChunk(
+                            ref.document_id, ref.chunk_index, row[2], ref.score, row[3], row[4]
+                        )
+                    )
+            return out
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -486,10 +527,6 @@ class PostgresStore:
             return
         self._closed = True
         self._pool.close()
-
-
-def _scored(row: tuple[Any, ...]) -> ScoredChunk:
-    return ScoredChunk(row[0], int(row[1]), row[2], float(row[3]), row[4], row[5])
 
 
 def _numpy(value: Any) -> Vectors:

@@ -55,6 +55,7 @@ from ragserve.errors import (
 from ragserve.filters import Filter, coerce_filter
 from ragserve.store import sqlite_ann as ann
 from ragserve.store.base import (
+    ChunkRef,
     CollectionInfo,
     FilterArg,
     ScoredChunk,
@@ -118,6 +119,11 @@ CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection_id);
 
 _HIT_SQL = (
     "SELECT c.id, d.doc_id, c.idx, c.text, d.metadata, c.metadata FROM chunks c "
+    "JOIN documents d ON d.id = c.document_id "
+    "WHERE c.id IN (SELECT value FROM json_each(?)) AND c.collection_id = ?"
+)
+_REF_SQL = (
+    "SELECT c.id, d.doc_id, c.idx FROM chunks c "
     "JOIN documents d ON d.id = c.document_id WHERE c.id IN (SELECT value FROM json_each(?))"
 )
 
@@ -312,6 +318,9 @@ class SqliteStore:
         conn = self._reader()
         return self._info(conn, self._collection(conn, name))
 
+    def collection_embedder(self, name: str) -> str:
+        return self._collection(self._reader(), name).embedder
+
     def delete_collection(self, name: str) -> None:
         with self._write_lock:
             with self._transaction() as conn:
@@ -498,6 +507,16 @@ class SqliteStore:
     def dense_search(
         self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
     ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.dense_refs(collection, vector, k, filter))
+
+    def lexical_search(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.lexical_refs(collection, query_text, k, filter))
+
+    def dense_refs(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
         check_k(k)
         node = coerce_filter(filter)
         conn = self._reader()
@@ -511,11 +530,11 @@ class SqliteStore:
             if len(allowed) == 0:
                 return []
             keys, scores = index.search_filtered(query, k, allowed, self.exact_search_below)
-        return self._hydrate(conn, keys.tolist(), scores.tolist())
+        return self._refs(conn, keys.tolist(), scores.tolist())
 
-    def lexical_search(
+    def lexical_refs(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
+    ) -> list[ChunkRef]:
         check_k(k)
         words = query_words(check_query_text(query_text))
         node = coerce_filter(filter)
@@ -525,7 +544,7 @@ class SqliteStore:
             return []
         if self.lexical_index == "fts5":
             rows = self._fts5_search(conn, c, words, k, node)
-            return self._hydrate(conn, [r[0] for r in rows], [float(r[1]) for r in rows])
+            return self._refs(conn, [r[0] for r in rows], [float(r[1]) for r in rows])
         allowed = None if node is None else self._allowed(conn, c, node)
         if allowed is not None and len(allowed) == 0:
             return []
@@ -535,7 +554,25 @@ class SqliteStore:
                 index = self._lexical.get(c.id)
                 self._lexical.commit(c.id)
         keys, scores = index.search(words, k, allowed)
-        return self._hydrate(conn, keys, scores)
+        return self._refs(conn, keys, scores)
+
+    def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        if not refs:
+            return []
+        keys = json.dumps([ref.key for ref in refs])
+        found = {row[0]: row for row in conn.execute(_HIT_SQL, (keys, c.id))}
+        out = []
+        for ref in refs:
+            row = found.get(ref.key)
+            if row is not None:  # gone if deleted or replaced since the index was read
+                out.append(
+                    ScoredChunk(
+                        row[1], row[2], row[3], ref.score, json.loads(row[4]), json.loads(row[5])
+                    )
+                )
+        return out
 
     def _fts5_search(
         self,
@@ -573,21 +610,18 @@ class SqliteStore:
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def _hydrate(
+    def _refs(
         self, conn: sqlite3.Connection, keys: list[int], scores: list[float]
-    ) -> list[ScoredChunk]:
+    ) -> list[ChunkRef]:
+        """Index hits as refs (the documents' ids and the chunks' positions; nothing else)."""
         if not keys:
             return []
-        found = {row[0]: row for row in conn.execute(_HIT_SQL, (json.dumps(keys),))}
+        found = {row[0]: row for row in conn.execute(_REF_SQL, (json.dumps(keys),))}
         out = []
         for key, score in zip(keys, scores, strict=True):
             row = found.get(key)
             if row is not None:  # gone if deleted since the index was read
-                out.append(
-                    ScoredChunk(
-                        row[1], row[2], row[3], float(score), json.loads(row[4]), json.loads(row[5])
-                    )
-                )
+                out.append(ChunkRef(key, row[1], row[2], float(score)))
         return out
 
     # ------------------------------------------------------------------ dense indexes
