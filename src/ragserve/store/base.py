@@ -94,6 +94,34 @@ class ChunkRef:
         return f"{self.document_id}#{self.chunk_index}"
 
 
+class SearchByRefs:
+    """``dense_search`` / ``lexical_search`` as refs then :meth:`Store.hydrate`: the same for
+    every backend that implements the ``*_refs`` methods and ``hydrate``."""
+
+    def dense_refs(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
+        raise NotImplementedError
+
+    def lexical_refs(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ChunkRef]:
+        raise NotImplementedError
+
+    def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
+        raise NotImplementedError
+
+    def dense_search(
+        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.dense_refs(collection, vector, k, filter))
+
+    def lexical_search(
+        self, collection: str, query_text: str, k: int, filter: FilterArg = None
+    ) -> list[ScoredChunk]:
+        return self.hydrate(collection, self.lexical_refs(collection, query_text, k, filter))
+
+
 @runtime_checkable
 class Store(Protocol):
     """Backend-independent store contract. Implementations are thread-safe."""

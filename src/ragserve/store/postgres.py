@@ -57,6 +57,7 @@ from ragserve.store.base import (
     CollectionInfo,
     FilterArg,
     ScoredChunk,
+    SearchByRefs,
     StoredDocument,
     UpsertOutcome,
     Vectors,
@@ -117,7 +118,7 @@ def _jsonb(value: Any, what: str) -> Jsonb:
     return Jsonb(value)
 
 
-class PostgresStore:
+class PostgresStore(SearchByRefs):
     """PostgreSQL + pgvector store (see the module docstring). Thread- and process-safe."""
 
     def __init__(
@@ -388,16 +389,6 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ search
 
-    def dense_search(
-        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
-        return self.hydrate(collection, self.dense_refs(collection, vector, k, filter))
-
-    def lexical_search(
-        self, collection: str, query_text: str, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
-        return self.hydrate(collection, self.lexical_refs(collection, query_text, k, filter))
-
     def dense_refs(
         self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
     ) -> list[ChunkRef]:
@@ -453,7 +444,7 @@ class PostgresStore:
         # relaxed_order may return hits slightly out of order: sort them again.
         rows = conn.execute(inner, params).fetchall()
         rows.sort(key=lambda r: (r[3], r[0], r[1]))
-        return [ChunkRef((int(r[2]), int(r[1])), r[0], int(r[1]), 1.0 - float(r[3])) for r in rows]
+        return [_ref(r, 1.0 - float(r[3])) for r in rows]
 
     def lexical_refs(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
@@ -491,7 +482,7 @@ class PostgresStore:
                 ).format(t=c.table, where=where),
                 params,
             ).fetchall()
-            return [ChunkRef((int(r[2]), int(r[1])), r[0], int(r[1]), float(r[3])) for r in rows]
+            return [_ref(r, float(r[3])) for r in rows]
 
     def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
         with self._conn() as conn:
@@ -527,6 +518,11 @@ class PostgresStore:
             return
         self._closed = True
         self._pool.close()
+
+
+def _ref(row: tuple[Any, ...], score: float) -> ChunkRef:
+    """A (doc_id, idx, document row id, ...) search row as a ref keyed by (row id, idx)."""
+    return ChunkRef((int(row[2]), int(row[1])), row[0], int(row[1]), score)
 
 
 def _numpy(value: Any) -> Vectors:

@@ -59,6 +59,7 @@ from ragserve.store.base import (
     CollectionInfo,
     FilterArg,
     ScoredChunk,
+    SearchByRefs,
     StoredDocument,
     UpsertOutcome,
     Vectors,
@@ -162,7 +163,7 @@ class _Collection:
     generation: int
 
 
-class SqliteStore:
+class SqliteStore(SearchByRefs):
     """Embedded store (see the module docstring). Thread-safe."""
 
     def __init__(
@@ -503,16 +504,6 @@ class SqliteStore:
             yield doc, vectors.copy()
 
     # ------------------------------------------------------------------ search
-
-    def dense_search(
-        self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
-        return self.hydrate(collection, self.dense_refs(collection, vector, k, filter))
-
-    def lexical_search(
-        self, collection: str, query_text: str, k: int, filter: FilterArg = None
-    ) -> list[ScoredChunk]:
-        return self.hydrate(collection, self.lexical_refs(collection, query_text, k, filter))
 
     def dense_refs(
         self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
