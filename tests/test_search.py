@@ -18,7 +18,7 @@ from ragserve.search import (
     rerank_fuse,
     rrf,
 )
-from ragserve.store.base import ScoredChunk
+from ragserve.store.base import ChunkRef
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
 from tests.fakes import FakeEmbedder, FakeReranker
@@ -55,8 +55,8 @@ def store(tmp_path: Path, embedder: FakeEmbedder) -> Iterator[SqliteStore]:
     s.close()
 
 
-def chunk(doc: str, score: float = 0.0, index: int = 0) -> ScoredChunk:
-    return ScoredChunk(doc, index, f"text of {doc}", score)
+def chunk(doc: str, score: float = 0.0, index: int = 0) -> ChunkRef:
+    return ChunkRef(f"key of {doc}#{index}", doc, index, score)
 
 
 # --------------------------------------------------------------------------- pure functions

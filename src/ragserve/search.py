@@ -16,7 +16,7 @@ defaults are in ``docs/store.md`` (``python -m bench.eval_search``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,10 +101,12 @@ def rrf(rankings: Sequence[tuple[Sequence[ChunkRef], float, str]], k: int) -> li
     ``rankings``: (hits best first, weight, name); each hit's own score is kept under ``name``.
     Ties are broken by chunk id so results are deterministic.
     """
-    pool: dict[str, _Candidate] = {}
+    pool: dict[Hashable, _Candidate] = {}  # by the store's key: one chunk, one key
     for hits, weight, name in rankings:
         for rank, hit in enumerate(hits, start=1):
-            cand = pool.setdefault(hit.chunk_id, _Candidate(hit))
+            cand = pool.get(hit.key)
+            if cand is None:
+                cand = pool[hit.key] = _Candidate(hit)
             cand.score += weight / (k + rank)
             cand.scores[name] = hit.score
     fused = sorted(pool.values(), key=lambda c: (-c.score, c.chunk.chunk_id))

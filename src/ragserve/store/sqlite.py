@@ -31,6 +31,7 @@ process from opening the same directory, since each process keeps in-memory inde
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import re
 import sqlite3
@@ -123,6 +124,8 @@ _HIT_SQL = (
     "JOIN documents d ON d.id = c.document_id "
     "WHERE c.id IN (SELECT value FROM json_each(?)) AND c.collection_id = ?"
 )
+#: Entries of the rowid -> (document id, chunk index) cache (about 200 bytes each).
+REF_CACHE_SIZE = 200_000
 _REF_SQL = (
     "SELECT c.id, d.doc_id, c.idx FROM chunks c "
     "JOIN documents d ON d.id = c.document_id WHERE c.id IN (SELECT value FROM json_each(?))"
@@ -189,6 +192,12 @@ class SqliteStore(SearchByRefs):
             raise Unavailable(f"{self.data_dir} is in use by another process") from None
         self.path = self.data_dir / "ragserve.db"
         self._write_lock = threading.RLock()
+        #: Chunk rowid -> (document id, chunk index), for turning index hits into refs without
+        #: a query per search. Rowids are never reused (AUTOINCREMENT) and a chunk row never
+        #: changes, so an entry cannot go wrong; a deleted chunk's entry only lingers (its key
+        #: is gone from the indexes, and hydrate drops what no longer exists). Bounded.
+        self._ref_cache: dict[int, tuple[str, int]] = {}
+        self._ref_cache_lock = threading.Lock()
         self._conns_lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -607,12 +616,23 @@ class SqliteStore(SearchByRefs):
         """Index hits as refs (the documents' ids and the chunks' positions; nothing else)."""
         if not keys:
             return []
-        found = {row[0]: row for row in conn.execute(_REF_SQL, (json.dumps(keys),))}
+        cache = self._ref_cache
+        found: dict[int, tuple[str, int] | None] = {key: cache.get(key) for key in keys}
+        missing = [key for key, hit in found.items() if hit is None]
+        if missing:
+            rows = conn.execute(_REF_SQL, (json.dumps(missing),)).fetchall()
+            fresh = {key: (doc_id, idx) for key, doc_id, idx in rows}
+            found.update(fresh)
+            with self._ref_cache_lock:
+                if len(cache) + len(fresh) > REF_CACHE_SIZE:  # forget the oldest half
+                    for old in list(itertools.islice(cache, len(cache) // 2)):
+                        del cache[old]
+                cache.update(fresh)
         out = []
         for key, score in zip(keys, scores, strict=True):
-            row = found.get(key)
-            if row is not None:  # gone if deleted since the index was read
-                out.append(ChunkRef(key, row[1], row[2], float(score)))
+            hit = found[key]
+            if hit is not None:  # None: deleted since the index was read
+                out.append(ChunkRef(key, hit[0], hit[1], float(score)))
         return out
 
     # ------------------------------------------------------------------ dense indexes
