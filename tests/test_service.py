@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -182,3 +183,50 @@ def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says(
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     expected = platform.libc_ver()[0] == "glibc"
     assert limit_malloc_arenas() is expected
+
+
+class InstructedEmbedder(FakeEmbedder):
+    """Marks its query prefix optional (like bge v1.5) and records each call's choice."""
+
+    def __init__(self, optional: bool = True) -> None:
+        super().__init__(64, "fake-embedder")
+        self.spec = SimpleNamespace(query_prefix_optional=optional)
+        self.calls: list[tuple[tuple[str, ...], bool]] = []
+
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
+        self.calls.append((tuple(texts), instruction))
+        vectors = super().embed_queries(texts)
+        return vectors if instruction else -vectors  # tell them apart
+
+
+@pytest.mark.parametrize(
+    ("optional", "hybrid_instruction", "expected"),
+    [
+        (True, False, {"dense": True, "hybrid": False}),
+        (True, True, {"dense": True, "hybrid": True}),
+        (False, False, {"dense": True, "hybrid": True}),  # a required prefix is always used
+    ],
+)
+def test_hybrid_searches_leave_out_an_optional_query_instruction(
+    tmp_path: Path, optional: bool, hybrid_instruction: bool, expected: dict[str, bool]
+) -> None:
+    embedder = InstructedEmbedder(optional)
+    settings = make_settings(tmp_path, hybrid_query_instruction=hybrid_instruction)
+    svc = make_service(settings, embedder)
+    try:
+        svc.create_collection("c")
+        svc.ingest("c", [_doc(1), _doc(2)])
+        for mode, instruction in expected.items():
+            embedder.calls.clear()
+            svc.search("c", SearchRequest(query=f"word1x3 {mode}", mode=mode))
+            assert embedder.calls == [((f"word1x3 {mode}",), instruction)]
+        # The two forms are cached apart: the same text, embedded both ways, twice each.
+        for _ in range(2):
+            with_it = svc.embed_queries(["same"], instruction=True)
+            without = svc.embed_queries(["same"], instruction=False)
+        assert np.allclose(with_it, -without) == optional
+        assert [c for c in embedder.calls if c[0] == ("same",)] == (
+            [(("same",), True), (("same",), False)] if optional else [(("same",), True)]
+        )
+    finally:
+        svc.close()

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="Intra-op threads of one embedder run (0: `threads`); threads / this many "
         "runs go in parallel (more searches/s than one run over all cores).",
     )
+    hybrid_query_instruction: bool = Field(
+        default=False,
+        description="Hybrid searches prepend the embedder's query instruction even where the "
+        "model card makes it optional (bge v1.5). Off: SciFact hybrid nDCG@10 the same "
+        "(0.7220 vs 0.7221), 20 % less embedding CPU per search; dense searches always use it.",
+    )
     onnx_spinning: Literal["off", "in_run", "always"] = Field(
         default="in_run",
         description="Idle ONNX threads spin: never, within one run, or always (bulk jobs).",

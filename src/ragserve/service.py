@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -36,7 +36,7 @@ from ragserve.ingest.chunking import (
 )
 from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
-from ragserve.models.embedder import Embedder, Vectors
+from ragserve.models.embedder import Embedder, OnnxEmbedder, Vectors
 from ragserve.models.manager import ModelManager
 from ragserve.models.reranker import OnnxReranker, Reranker, Scores
 from ragserve.search import Searcher, SearchRequest, SearchResult
@@ -99,7 +99,7 @@ class RetrievalService:
         self.settings = settings
         self.models = models
         self.store = store
-        self._query_batchers: dict[str, MicroBatcher[str, Vectors]] = {}
+        self._query_batchers: dict[str, MicroBatcher[tuple[str, bool], Vectors]] = {}
         self._rerank_batchers: dict[str, MicroBatcher[tuple[str, str], float]] = {}
         self._lock = threading.Lock()
         self._ingest_slots = threading.BoundedSemaphore(2)
@@ -138,14 +138,28 @@ class RetrievalService:
             raise InvalidInput("reranking is disabled on this server (RAGSERVE_RERANKER_LOAD=off)")
         return self.models.reranker(name or self.settings.reranker)
 
-    def _query_batcher(self, name: str) -> MicroBatcher[str, Vectors]:
+    def _query_batcher(self, name: str) -> MicroBatcher[tuple[str, bool], Vectors]:
+        """The model's batcher of (query, with instruction) items (see :meth:`embed_queries`)."""
         with self._lock:
             batcher = self._query_batchers.get(name)
             if batcher is None:
                 embedder = self.embedder(name)
 
-                def run(texts: Sequence[str]) -> list[Vectors]:
-                    return list(embedder.embed_queries(texts))
+                def run(items: Sequence[tuple[str, bool]]) -> list[Vectors]:
+                    out: list[Vectors] = [np.empty(0, np.float32)] * len(items)
+                    for instruction in (True, False):
+                        at = [i for i, item in enumerate(items) if item[1] is instruction]
+                        if not at:
+                            continue
+                        texts = [items[i][0] for i in at]
+                        if instruction:
+                            vectors = embedder.embed_queries(texts)
+                        else:  # only for specs with an optional prefix: OnnxEmbedder's
+                            plain = cast(OnnxEmbedder, embedder)
+                            vectors = plain.embed_queries(texts, instruction=False)
+                        for i, vector in zip(at, vectors, strict=True):
+                            out[i] = vector
+                    return out
 
                 batcher = MicroBatcher(
                     run,
@@ -175,11 +189,24 @@ class RetrievalService:
                 self._rerank_batchers[name] = batcher
             return batcher
 
-    def embed_queries(self, texts: Sequence[str], model: str | None = None) -> Vectors:
-        """Query embeddings, batched with other concurrent callers (cached per model + text)."""
-        name = self.embedder(model).name
-        rows = self.caches.query_vectors(name, texts, lambda miss: self._query_batcher(name)(miss))
-        return np.stack(rows) if rows else np.zeros((0, self.embedder(name).dimension), "float32")
+    def embed_queries(
+        self, texts: Sequence[str], model: str | None = None, *, instruction: bool = True
+    ) -> Vectors:
+        """Query embeddings, batched with other concurrent callers (cached per model + text).
+
+        ``instruction=False`` leaves out the query instruction where the model's spec marks it
+        optional (an embedder without that notion always gets its usual query form).
+        """
+        embedder = self.embedder(model)
+        name = embedder.name
+        spec = getattr(embedder, "spec", None)
+        instruction = instruction or not getattr(spec, "query_prefix_optional", False)
+        batcher = self._query_batcher(name)
+        key = name if instruction else f"{name} (no instruction)"
+        rows = self.caches.query_vectors(
+            key, texts, lambda miss: batcher([(text, instruction) for text in miss])
+        )
+        return np.stack(rows) if rows else np.zeros((0, embedder.dimension), "float32")
 
     def embed_documents(self, texts: Sequence[str], model: str | None = None) -> Vectors:
         with self._ingest_slot():
@@ -342,8 +369,12 @@ class RetrievalService:
         if len(request.query) > self.settings.max_query_chars:
             raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
 
+        # Dense ranking leans on the instruction (SciFact nDCG@10 0.7159 with, 0.7076 without);
+        # in hybrid, BM25 makes up for it (0.7221 / 0.7220) and queries are 8 tokens shorter.
+        instruction = request.mode == "dense" or self.settings.hybrid_query_instruction
+
         def embed(texts: Sequence[str]) -> Vectors:
-            return self.embed_queries(texts, name)
+            return self.embed_queries(texts, name, instruction=instruction)
 
         def rerank(query: str, passages: Sequence[str]) -> Scores:
             return self.rerank(query, passages)

@@ -167,6 +167,22 @@ def test_query_prefix_is_applied_to_queries_only(bge: OnnxEmbedder) -> None:
 
 
 @pytest.mark.slow
+def test_an_optional_instruction_can_be_left_out_and_a_required_one_cannot(
+    cached_bge: CachedModel,
+) -> None:
+    bge = OnnxEmbedder(cached_bge, SessionConfig(threads=1))
+    assert bge.spec.query_prefix_optional
+    plain = bge.embed_queries([FOX], instruction=False)[0]
+    np.testing.assert_allclose(plain, bge.embed_documents([FOX])[0], atol=1e-5)
+    assert cos(plain, bge.embed_queries([FOX])[0]) < 0.999
+    spec = dataclasses.replace(cached_bge.spec, query_prefix_optional=False)  # e.g. e5's "query: "
+    strict = OnnxEmbedder(dataclasses.replace(cached_bge, spec=spec), SessionConfig(threads=1))
+    np.testing.assert_allclose(
+        strict.embed_queries([FOX], instruction=False), bge.embed_queries([FOX]), atol=1e-5
+    )
+
+
+@pytest.mark.slow
 def test_document_prefix_is_tokenized_in(cached_bge: CachedModel) -> None:
     spec = dataclasses.replace(cached_bge.spec, query_prefix="", document_prefix="passage: ")
     e5_like = OnnxEmbedder(dataclasses.replace(cached_bge, spec=spec), SessionConfig(threads=1))

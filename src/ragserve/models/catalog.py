@@ -93,6 +93,9 @@ class ModelSpec:
     pooling: Pooling = Pooling.NONE
     normalize: bool = True
     query_prefix: str = ""
+    #: The query prefix is an instruction the model also works without (its card says so),
+    #: so a search may skip it where that measures no worse (see Settings.hybrid_query_instruction).
+    query_prefix_optional: bool = False
     document_prefix: str = ""
     quantization: str = "int8"
     onnx_file: str = "model.onnx"
@@ -136,6 +139,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         pooling=Pooling.CLS,
         max_length=512,
         query_prefix=_BGE_QUERY,
+        query_prefix_optional=True,  # "bge v1.5 ... retrieval ability without instruction"
         sources=(
             HubSource(
                 repo="Xenova/bge-small-en-v1.5", files=_hub_files("onnx/model_quantized.onnx")

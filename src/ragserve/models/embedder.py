@@ -37,7 +37,10 @@ class Embedder(Protocol):
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors: ...
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors: ...
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        """Query embeddings. An embedder whose spec marks its query prefix optional also takes
+        ``instruction=False`` (the service passes it to no other)."""
+        ...
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character offsets of every token of ``text`` (no special tokens, no truncation)."""
@@ -178,8 +181,16 @@ class OnnxEmbedder:
 
     # ------------------------------------------------------------------ stages
 
-    def tokenize(self, texts: Sequence[str], *, query: bool) -> list[Encoding]:
-        prefix = self.spec.query_prefix if query else self.spec.document_prefix
+    def tokenize(
+        self, texts: Sequence[str], *, query: bool, instruction: bool = True
+    ) -> list[Encoding]:
+        """``instruction=False``: leave out a query prefix the spec marks optional."""
+        if not query:
+            prefix = self.spec.document_prefix
+        elif instruction or not self.spec.query_prefix_optional:
+            prefix = self.spec.query_prefix
+        else:
+            prefix = ""
         checked = [prefix + check_text(t) for t in texts]
         return list(self._tokenizer.encode_batch(checked, add_special_tokens=True))
 
@@ -197,11 +208,18 @@ class OnnxEmbedder:
 
     # ------------------------------------------------------------------ API
 
-    def embed(self, texts: Sequence[str], *, query: bool, parallel: bool = False) -> Vectors:
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        query: bool,
+        parallel: bool = False,
+        instruction: bool = True,
+    ) -> Vectors:
         """Embed ``texts``; ``parallel``: run its batches ``parallel_runs`` at a time."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        encodings = self.tokenize(texts, query=query)
+        encodings = self.tokenize(texts, query=query, instruction=instruction)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         batches = self.batching.plan([len(e.ids) for e in encodings], [e.ids for e in encodings])
         runs = [[encodings[i] for i in batch] for batch in batches]
@@ -224,8 +242,9 @@ class OnnxEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         return self.embed(texts, query=False, parallel=True)
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors:
-        return self.embed(texts, query=True)
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
+        """``instruction=False``: without the query prefix if the spec marks it optional."""
+        return self.embed(texts, query=True, instruction=instruction)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         enc = self._spans_tokenizer.encode(check_text(text), add_special_tokens=False)
