@@ -114,7 +114,10 @@ class Settings(BaseSettings):
         description="Embedded store's BM25 search: tantivy (derived, fast) or FTS5 (in SQLite).",
     )
     exact_search_below: int = Field(
-        default=20_000, ge=0, description="Collections with fewer chunks use exact dense search."
+        default=5_000,
+        ge=0,
+        description="Collections with fewer chunks use exact dense search; larger ones HNSW "
+        "(a serving process's scan misses the cache: 1.37 ms vs 0.49 ms at 10k chunks, k=100).",
     )
 
     # --- chunking ----------------------------------------------------------------------------
