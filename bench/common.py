@@ -130,7 +130,18 @@ def loadgen(
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"bodies-{os.getpid()}.jsonl"
     path.write_text("\n".join(json.dumps(b) for b in bodies))
-    proc = subprocess.run(
+    try:
+        proc = _run_loadgen(path, url, concurrency, requests, seconds)
+    finally:
+        path.unlink(missing_ok=True)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def _run_loadgen(
+    path: Path, url: str, concurrency: int, requests: int, seconds: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -151,8 +162,6 @@ def loadgen(
         check=True,
         cwd=ROOT,
     )
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
 
 
 def scifact_docs(limit: int | None = None) -> list[dict[str, str]]:
