@@ -280,22 +280,3 @@ def test_onnx_threads_spin_within_a_run_by_default() -> None:
     assert entries("in_run") == ("1", "1")
     assert entries("off") == ("0", "-")
     assert entries("always") == ("1", "-")
-
-
-@pytest.mark.slow
-def test_sessions_share_one_arena_and_give_the_same_vectors(cached_bge: CachedModel) -> None:
-    from ragserve.models.runtime import _options
-
-    def uses_env_allocator(config: SessionConfig) -> bool:
-        try:
-            entry = _options(config, "all").get_session_config_entry("session.use_env_allocators")
-        except Exception:  # noqa: BLE001 - ORT raises a bare RuntimeError for a missing key
-            return False
-        return entry == "1"
-
-    assert uses_env_allocator(SessionConfig())
-    assert not uses_env_allocator(SessionConfig(shared_arena=False))
-    texts = [FOX, "a longer text " * 40, "short"]
-    shared = OnnxEmbedder(cached_bge, SessionConfig(threads=1)).embed_documents(texts)
-    own = OnnxEmbedder(cached_bge, SessionConfig(threads=1, shared_arena=False))
-    np.testing.assert_allclose(shared, own.embed_documents(texts), atol=1e-6)

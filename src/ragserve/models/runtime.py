@@ -47,10 +47,6 @@ class SessionConfig:
     #: default). Spinning between runs takes the CPU from concurrent requests; within a run it
     #: cuts single-query latency (figures in docs/models.md).
     spinning: Spinning = "in_run"
-    #: All sessions allocate from one process-wide arena that grows by what is asked, not by
-    #: doubling (ONNX Runtime's default: an arena per session, each grown to a power of two).
-    #: Measured: RSS after loading both models and 24 reranked searches 360 -> 314 MB, same speed.
-    shared_arena: bool = True
 
 
 _LEVELS = {
@@ -90,25 +86,8 @@ def optimized_path(model_path: Path, config: SessionConfig) -> Path:
     return model_path.with_name(f".{model_path.name}.{digest}.opt.onnx")
 
 
-@cache
-def _register_shared_arena() -> bool:
-    """Register the process-wide CPU arena (once); False if ONNX Runtime refuses it."""
-    arena = ort.OrtArenaCfg(0, 1, -1, -1)  # no cap, kSameAsRequested, default chunk sizes
-    memory = ort.OrtMemoryInfo(
-        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-    )
-    try:
-        ort.create_and_register_allocator(memory, arena)
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own RuntimeError subclasses
-        log.warning("shared ONNX Runtime arena not available (%s): one per session", exc)
-        return False
-    return True
-
-
 def _options(config: SessionConfig, level: str) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    if config.shared_arena and _register_shared_arena():
-        options.add_session_config_entry("session.use_env_allocators", "1")
     if config.threads:
         options.intra_op_num_threads = config.threads
     options.inter_op_num_threads = 1
