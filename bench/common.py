@@ -131,37 +131,31 @@ def loadgen(
     path = OUT / f"bodies-{os.getpid()}.jsonl"
     path.write_text("\n".join(json.dumps(b) for b in bodies))
     try:
-        proc = _run_loadgen(path, url, concurrency, requests, seconds)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "--url",
+                url,
+                "--bodies",
+                str(path),
+                "--concurrency",
+                str(concurrency),
+                "--requests",
+                str(requests),
+                "--seconds",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
     finally:
         path.unlink(missing_ok=True)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
-
-
-def _run_loadgen(
-    path: Path, url: str, concurrency: int, requests: int, seconds: float
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "--url",
-            url,
-            "--bodies",
-            str(path),
-            "--concurrency",
-            str(concurrency),
-            "--requests",
-            str(requests),
-            "--seconds",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
 
 
 def scifact_docs(limit: int | None = None) -> list[dict[str, str]]:
