@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragserve.errors import Unavailable
+from ragserve.errors import CollectionNotFound, Unavailable
 from ragserve.store.sqlite import SqliteStore, fts_query
 from ragserve.store.sqlite_ann import AnnParams
 from ragserve.types import Chunk, Document
@@ -179,6 +179,31 @@ def test_deletes_really_remove_from_fts_and_ann(tmp_path: Path) -> None:
     assert (gone, rows) == (0, 396)
     assert all(h.document_id != "d3" for h in store.lexical_search("c", "3", 50))
     assert all(h.document_id != "d3" for h in store.dense_search("c", vectors[13], 20))
+    store.close()
+
+
+def test_a_row_read_while_its_collection_is_deleted_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path)
+    store.create_collection("c", "fake", 8)
+    read_row = store._collection_row
+    raced: list[bool] = []
+
+    def racing_read(conn: sqlite3.Connection, name: str):  # type: ignore[no-untyped-def]
+        row = read_row(conn, name)
+        if not raced:  # the delete commits after this read and before the row is cached
+            raced.append(True)
+            store.delete_collection(name)
+        return row
+
+    monkeypatch.setattr(store, "_collection_row", racing_read)
+    assert store.collection_embedder("c") == "fake"  # the read that raced
+    monkeypatch.undo()
+    with pytest.raises(CollectionNotFound):
+        store.get_collection("c")
+    store.create_collection("c", "other", 4)
+    assert store.collection_embedder("c") == "other"
     store.close()
 
 

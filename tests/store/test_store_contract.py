@@ -87,6 +87,7 @@ def test_list_get_and_delete_collections(store: Store) -> None:
     add(store, "d1", ["one", "two"], collection="b")
     add(store, "d2", ["three"], collection="b")
     assert [c.name for c in store.list_collections()] == ["a.1", "b"]
+    assert len(store.dense_search("b", random_unit(1, DIM)[0], 5)) == 3
     info = store.get_collection("b")
     assert (info.documents, info.chunks) == (2, 3)
     store.delete_collection("b")
@@ -95,9 +96,14 @@ def test_list_get_and_delete_collections(store: Store) -> None:
         store.get_collection("b")
     with pytest.raises(CollectionNotFound):
         store.delete_collection("b")
+    with pytest.raises(CollectionNotFound):
+        store.dense_search("b", random_unit(1, DIM)[0], 5)
     store.create_collection("b", "other", DIM + 1)  # a fresh, empty collection
-    assert store.get_collection("b").chunks == 0
+    info = store.get_collection("b")
+    assert (info.embedder, info.dimension, info.chunks) == ("other", DIM + 1, 0)
     assert store.lexical_search("b", "one", 5) == []
+    add(store, "d3", ["one"], vectors=random_unit(1, DIM + 1), collection="b")
+    assert [h.document_id for h in store.dense_search("b", random_unit(1, DIM + 1)[0], 5)] == ["d3"]
 
 
 def test_operations_on_unknown_collection(store: Store) -> None:
