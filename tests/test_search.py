@@ -220,6 +220,39 @@ def test_model_functions_can_be_passed_per_call(store: SqliteStore, embedder: Fa
 
 
 @pytest.mark.parametrize(
+    ("changes", "dense", "lexical"),
+    [
+        ({}, 50, 50),
+        ({"rerank": True}, 100, 100),  # the reranked head's fusion needs the deeper lists
+        ({"top_k": 70}, 70, 70),
+        ({"dense_candidates": 7, "lexical_candidates": 9}, 10, 10),  # never fewer than top_k
+        ({"dense_candidates": 30, "lexical_candidates": 200, "rerank": True}, 30, 200),
+    ],
+)
+def test_hybrid_candidates_per_side(
+    store: SqliteStore,
+    embedder: FakeEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    dense: int,
+    lexical: int,
+) -> None:
+    asked: dict[str, int] = {}
+    for side in ("dense", "lexical"):
+        method = getattr(store, f"{side}_refs")
+
+        def record(
+            collection: str, query: Any, k: int, *rest: Any, _m: Any = method, _s: str = side
+        ) -> Any:
+            asked[_s] = k
+            return _m(collection, query, k, *rest)
+
+        monkeypatch.setattr(store, f"{side}_refs", record)
+    Searcher(store, embedder, FakeReranker()).search("kb", SearchRequest("tea", **changes))
+    assert asked == {"dense": dense, "lexical": lexical}
+
+
+@pytest.mark.parametrize(
     "changes",
     [
         {"mode": "fuzzy"},
@@ -227,6 +260,7 @@ def test_model_functions_can_be_passed_per_call(store: SqliteStore, embedder: Fa
         {"top_k": 1001},
         {"top_k": True},
         {"dense_candidates": 0},
+        {"lexical_candidates": 1001},
         {"rerank_top_n": 0},
         {"rrf_k": -1},
         {"dense_weight": -1.0},

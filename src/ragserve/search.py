@@ -50,8 +50,12 @@ class SearchRequest:
     rerank_top_n: int = 20
     #: One hit per document: its best chunk.
     collapse: bool = False
-    dense_candidates: int = 100
-    lexical_candidates: int = 100
+    #: Candidates per side of a hybrid search (at least ``top_k``). None: 100 with rerank, 50
+    #: without. Fewer cost less (0.79 against 1.10 ms per search for 50 and 100) and leave
+    #: hybrid nDCG@10 as it is (SciFact: 0.7288 at 50, 0.7257 at 100); the reranked head's
+    #: fusion needs more (0.7404 at 100, 0.7353 at 50): docs/store.md.
+    dense_candidates: int | None = None
+    lexical_candidates: int | None = None
     rrf_k: int = 60
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
@@ -113,6 +117,13 @@ def rrf(rankings: Sequence[tuple[Sequence[ChunkRef], float, str]], k: int) -> li
     for cand in fused:
         cand.scores["fused"] = cand.score
     return fused
+
+
+def _side(req: SearchRequest, candidates: int | None) -> int:
+    """Candidates from one side of a hybrid search (see :class:`SearchRequest`)."""
+    if candidates is not None:
+        return candidates
+    return 100 if req.rerank else 50
 
 
 def _ranks(values: Sequence[float]) -> npt.NDArray[np.int64]:
@@ -196,8 +207,10 @@ class Searcher:
         if not isinstance(req.query, str):
             raise InvalidInput("query must be a string")
         _int_in("top_k", req.top_k, 1, self.max_k)
-        for name in ("dense_candidates", "lexical_candidates", "rerank_top_n"):
-            _int_in(name, getattr(req, name), 1, self.max_candidates)
+        for name in ("dense_candidates", "lexical_candidates"):
+            if getattr(req, name) is not None:
+                _int_in(name, getattr(req, name), 1, self.max_candidates)
+        _int_in("rerank_top_n", req.rerank_top_n, 1, self.max_candidates)
         _int_in("rrf_k", req.rrf_k, 0, 10_000)
         _int_in("rerank_rrf_k", req.rerank_rrf_k, 0, 10_000)
         _int_in("rerank_max_chars", req.rerank_max_chars, 1, 1_000_000)
@@ -251,13 +264,13 @@ class Searcher:
             vector = embed_fn([req.query])[0]
             timings["embed"] = _ms(t)
             t = time.perf_counter()
-            count = need if req.mode == "dense" else max(need, req.dense_candidates)
+            count = need if req.mode == "dense" else max(need, _side(req, req.dense_candidates))
             dense = self.store.dense_refs(collection, vector, count, node)
             timings["dense"] = _ms(t)
             rankings.append((dense, req.dense_weight, "dense"))
         if req.mode in ("lexical", "hybrid"):
             t = time.perf_counter()
-            count = need if req.mode == "lexical" else max(need, req.lexical_candidates)
+            count = need if req.mode == "lexical" else max(need, _side(req, req.lexical_candidates))
             lexical = self.store.lexical_refs(collection, req.query, count, node)
             timings["lexical"] = _ms(t)
             rankings.append((lexical, req.lexical_weight, "lexical"))

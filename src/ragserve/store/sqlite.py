@@ -635,23 +635,24 @@ class SqliteStore(SearchByRefs):
         if not keys:
             return []
         cache = self._ref_cache
-        found: dict[int, tuple[str, int] | None] = {key: cache.get(key) for key in keys}
-        missing = [key for key, hit in found.items() if hit is None]
-        if missing:
+        hits = list(map(cache.get, keys))
+        if None in hits:
+            missing = [key for key, hit in zip(keys, hits, strict=True) if hit is None]
             rows = conn.execute(_REF_SQL, (json.dumps(missing),)).fetchall()
             fresh = {key: (doc_id, idx) for key, doc_id, idx in rows}
-            found.update(fresh)
+            hits = [
+                fresh.get(key) if hit is None else hit for key, hit in zip(keys, hits, strict=True)
+            ]
             with self._cache_lock:
                 if len(cache) + len(fresh) > REF_CACHE_SIZE:  # forget the oldest half
                     for old in list(itertools.islice(cache, len(cache) // 2)):
                         del cache[old]
                 cache.update(fresh)
-        out = []
-        for key, score in zip(keys, scores, strict=True):
-            hit = found[key]
-            if hit is not None:  # None: deleted since the index was read
-                out.append(ChunkRef(key, hit[0], hit[1], float(score)))
-        return out
+        return [
+            ChunkRef(key, hit[0], hit[1], score)
+            for key, hit, score in zip(keys, hits, scores, strict=True)
+            if hit is not None  # None: deleted since the index was read
+        ]
 
     # ------------------------------------------------------------------ dense indexes
 
