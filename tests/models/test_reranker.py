@@ -66,6 +66,11 @@ def test_golden_logits_and_obvious_ordering(reranker: OnnxReranker) -> None:
 
 
 @pytest.mark.slow
+def test_the_session_plans_no_memory_pattern(reranker: OnnxReranker) -> None:
+    """Batches of varied shapes: a pattern per shape would only hold memory (docs/service.md)."""
+    assert reranker._session.get_session_options().enable_mem_pattern is False
+
+
 def test_scores_follow_the_order_given(reranker: OnnxReranker, cached: CachedModel) -> None:
     forward = reranker.score(QUERY, PASSAGES)
     backward = reranker.score(QUERY, PASSAGES[::-1])[::-1]

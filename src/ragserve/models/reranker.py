@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -49,7 +50,8 @@ class OnnxReranker:
     ) -> None:
         self.spec = model.spec
         self.max_length = min(max_length, self.spec.max_length)
-        self._session = build_session(model.onnx_path, session_config or SessionConfig())
+        config = replace(session_config or SessionConfig(), memory_pattern=False)
+        self._session = build_session(model.onnx_path, config)
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
         self._tokenizer = load_tokenizer(model.tokenizer_path)
