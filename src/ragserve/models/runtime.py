@@ -49,7 +49,7 @@ class SessionConfig:
     spinning: Spinning = "in_run"
     #: ONNX Runtime's memory pattern: it plans one block per input shape seen and keeps it in
     #: the arena. Good for one shape run often (queries); for the reranker's varied batches of
-    #: long pairs it only holds memory (RSS after 32 reranked searches: 388 MB with it, 328
+    #: long pairs it only holds memory (RSS after 32 reranked searches: 388 MB with it, 330
     #: without, at the same speed: docs/service.md).
     memory_pattern: bool = True
 
