@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from ragserve.batching import MicroBatcher
 from ragserve.errors import Overloaded
+from tests.fakes import wait_until
 
 
 class GatedDouble:
@@ -27,13 +27,6 @@ class GatedDouble:
             self.batches.append(list(items))
         self.gate.wait(10)
         return [2 * x for x in items]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

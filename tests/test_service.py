@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ from ragserve.search import SearchRequest
 from ragserve.service import STAGES, IngestTimings, RetrievalService
 from ragserve.types import Document
 from tests.api.conftest import make_service, make_settings
-from tests.fakes import FakeEmbedder, Vectors
+from tests.fakes import FakeEmbedder, Vectors, wait_until
 
 
 class CountingEmbedder(FakeEmbedder):
@@ -121,10 +120,10 @@ def test_concurrent_queries_are_batched_together(
     try:
         for i, t in enumerate(threads[:runs], start=1):
             t.start()
-            _wait_until(lambda i=i: embedder.inside == i)  # each worker holds one query
+            wait_until(lambda i=i: embedder.inside == i)  # each worker holds one query
         for t in threads[runs:]:
             t.start()
-        _wait_until(lambda: batcher.pending == 5)
+        wait_until(lambda: batcher.pending == 5)
         embedder.gate.set()
         for t in threads:
             t.join(10)
@@ -135,13 +134,6 @@ def test_concurrent_queries_are_batched_together(
     # The first ``runs`` queries alone, then what waited, shared between the workers: one batch
     # of four (one worker), or a batch of two and one of one (two workers).
     assert sorted(embedder.query_batches) == ([1, 4] if runs == 1 else [1, 1, 1, 2])
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
 
 
 def test_search_uses_the_collection_embedder(service: RetrievalService) -> None:
