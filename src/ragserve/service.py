@@ -201,10 +201,9 @@ class RetrievalService:
         name = embedder.name
         spec = getattr(embedder, "spec", None)
         instruction = instruction or not getattr(spec, "query_prefix_optional", False)
-        batcher = self._query_batcher(name)
         key = name if instruction else f"{name} (no instruction)"
         rows = self.caches.query_vectors(
-            key, texts, lambda miss: batcher([(text, instruction) for text in miss])
+            key, texts, lambda miss: self._query_batcher(name)([(t, instruction) for t in miss])
         )
         return np.stack(rows) if rows else np.zeros((0, embedder.dimension), "float32")
 
