@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     )
     models_file: Path | None = Field(
         default=None,
-        description="JSON file of extra user models; default <model_dir>/custom_models.json.",
+        description="JSON file of extra user models; default `<model_dir>/custom_models.json`.",
     )
     wheelhouse: Path | None = Field(
         default=None,
@@ -56,40 +56,55 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token for pulls.")
 
     # --- models ------------------------------------------------------------------------------
-    embedder: str = Field(default="bge-small-en-v1.5", description="Default embedder.")
-    reranker: str = Field(default="ms-marco-MiniLM-L-12-v2", description="Default reranker.")
+    embedder: str = Field(
+        default="bge-small-en-v1.5",
+        description="Embedder of new collections and of `/v1/embeddings` without a `model` "
+        "(a collection keeps the embedder it was created with).",
+    )
+    reranker: str = Field(
+        default="ms-marco-MiniLM-L-12-v2",
+        description="Reranker of searches with `rerank` and of `/v1/rerank` without a `model`.",
+    )
     reranker_load: Literal["lazy", "eager", "off"] = Field(
-        default="lazy", description="Load the reranker at start-up, on first use, or never."
+        default="lazy",
+        description="`eager`: load the reranker at start-up (`/readyz` waits for it); `lazy`: "
+        "on the first rerank; `off`: reranking with the default reranker is refused (422).",
     )
     threads: int = Field(
         default=0,
         ge=0,
-        description="CPU threads for model work: the reranker's intra-op threads, and the "
-        "embedder runs that go in parallel (0: cores).",
+        description="CPU threads for model work (0: all cores): the reranker's intra-op "
+        "threads, and, divided by `RAGSERVE_EMBEDDER_THREADS`, how many embedder runs go in "
+        "parallel.",
     )
     request_threads: int = Field(
         default=8,
         ge=1,
         le=1000,
-        description="Worker threads for blocking request handlers (searches, ingest); the rest "
-        "queue. Each holds a store connection and its page cache (RSS at concurrency 64: 300 MB "
-        "with 40 threads, 253 MB with 8, at the same searches/s).",
+        description="Worker threads for blocking request handlers (searches, ingest); more "
+        "requests wait for one. Each holds a store connection and its page cache: RSS at "
+        "concurrency 64 was 300 MB with 40 threads and 253 MB with 8, at the same searches/s.",
     )
     embedder_threads: int = Field(
         default=1,
         ge=0,
-        description="Intra-op threads of one embedder run (0: `threads`); threads / this many "
-        "runs go in parallel (more searches/s than one run over all cores).",
+        description="Intra-op threads of one embedder run (0: `RAGSERVE_THREADS`, one run over "
+        "all cores); `THREADS / this` runs go in parallel: query embeddings of concurrent "
+        "searches, ingest batches. One core per run does more searches/s than one run over all "
+        "cores. `ragserve ingest` uses 0 unless this is set.",
     )
     hybrid_query_instruction: bool = Field(
         default=False,
         description="Hybrid searches prepend the embedder's query instruction even where the "
-        "model card makes it optional (bge v1.5). Off: SciFact hybrid nDCG@10 the same "
-        "(0.7220 vs 0.7221), 20 % less embedding CPU per search; dense searches always use it.",
+        "model makes it optional (bge v1.5). Off by default: the same SciFact hybrid nDCG@10 "
+        "(0.7220 vs 0.7221), 8 fewer tokens and 20 % less embedding CPU per search. Dense "
+        "searches always use it (0.7159 with, 0.7076 without).",
     )
     onnx_spinning: Literal["off", "in_run", "always"] = Field(
         default="in_run",
-        description="Idle ONNX threads spin: never, within one run, or always (bulk jobs).",
+        description="Idle ONNX Runtime threads spin: never (`off`), within one run (`in_run`), "
+        "or always (`always`: fastest for one bulk caller; `ragserve ingest` uses it unless "
+        "this is set).",
     )
     blas_threads: int = Field(
         default=1,
@@ -99,25 +114,42 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(
         default=1024,
         ge=256,
-        description="Padded tokens in one model batch (batch x length); bounds activation memory.",
+        description="Padded tokens in one model batch, embedder or reranker (texts x longest); "
+        "bounds activation memory. Texts are length-sorted and a batch is cut early rather than "
+        "padded by more than 15 %.",
     )
-    max_batch_size: int = Field(default=64, ge=1, description="Most texts in one model batch.")
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Most texts (or pairs) in one model batch; also the most query texts one "
+        "call of the query batcher takes (the reranker's batcher takes up to max(this, 200) "
+        "pairs).",
+    )
     rerank_max_length: int = Field(
         default=256, ge=32, le=512, description="Tokens of query + passage given to the reranker."
     )
 
     # --- store -------------------------------------------------------------------------------
-    store: str = Field(default="sqlite", description="Store backend: sqlite or postgres.")
-    postgres_dsn: SecretStr | None = Field(default=None, description="DSN for the postgres store.")
+    store: str = Field(
+        default="sqlite",
+        description="Store backend: `sqlite` (embedded, one process per data directory) or "
+        "`postgres` (PostgreSQL + pgvector, shared by replicas).",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="DSN of the PostgreSQL database (`postgresql://...`)."
+    )
     lexical_index: Literal["tantivy", "fts5"] = Field(
         default="tantivy",
-        description="Embedded store's BM25 search: tantivy (derived, fast) or FTS5 (in SQLite).",
+        description="Embedded store's lexical search, BM25 either way: `tantivy` (a derived "
+        "index, fast) or `fts5` (SQLite's own index, searched in the database). Not used by "
+        "the postgres store.",
     )
     exact_search_below: int = Field(
         default=5_000,
         ge=0,
-        description="Collections with fewer chunks use exact dense search; larger ones HNSW "
-        "(a serving process's scan misses the cache: 1.37 ms vs 0.49 ms at 10k chunks, k=100).",
+        description="Embedded store: collections with fewer chunks use exact dense search, "
+        "larger ones an HNSW index (in a serving process the scan misses the cache: 1.37 ms "
+        "vs 0.49 ms at 10k chunks, k=100; SciFact hybrid nDCG@10 the same).",
     )
 
     # --- chunking ----------------------------------------------------------------------------
@@ -134,7 +166,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface `serve` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` binds.")
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Bearer keys; empty means no authentication."
+        default_factory=list,
+        description="Bearer keys (a JSON list); empty means no authentication.",
     )
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Largest request body."
@@ -145,13 +178,24 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=4096, ge=1, description="Longest query.")
     max_top_k: int = Field(default=1000, ge=1, description="Largest `top_k`.")
     max_inflight: int = Field(
-        default=64, ge=1, description="Model requests admitted at once; more get 429."
+        default=64,
+        ge=1,
+        description="Query texts (cache misses) queued or being embedded, per embedder; a "
+        "request that would go past it gets 429 with `Retry-After: 1` (one that finds the "
+        "queue empty is always admitted). The reranker's queue admits 20x this many (query, "
+        "passage) pairs. Document embedding (ingest, `/v1/embeddings` of documents) is not "
+        "counted: at most 2 such calls run at once, others wait up to 30 s, then 429.",
     )
     query_cache_size: int = Field(
-        default=4096, ge=0, description="Query embeddings kept in an LRU cache (0: off)."
+        default=4096,
+        ge=0,
+        description="Query embeddings kept in an LRU cache (0: off; ~1.5 KB each at 384-d).",
     )
     rerank_cache_size: int = Field(
-        default=50_000, ge=0, description="Reranker scores kept in an LRU cache (0: off)."
+        default=50_000,
+        ge=0,
+        description="Reranker scores kept in an LRU cache, keyed by reranker, query and "
+        "passage hash (0: off).",
     )
 
     @field_validator("data_dir", "model_dir", "model_source_dir", "models_file", "wheelhouse")
@@ -185,3 +229,29 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+def settings_table() -> str:
+    """The README's settings table, from the fields above: ``python -m ragserve.config``.
+
+    tests/test_docs.py checks that the README holds exactly this table.
+    """
+    home = str(Path.home())
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        value = field.get_default(call_default_factory=True)
+        if value is None:
+            default = "none"
+        elif isinstance(value, bool):
+            default = f"`{str(value).lower()}`"
+        elif isinstance(value, Path):
+            default = f"`{str(value).replace(home, '~', 1)}`"
+        else:
+            default = f"`{value}`"
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `RAGSERVE_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
