@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from ragserve.errors import InvalidInput
 from ragserve.filters import (
+    MAX_CONDITIONS,
     MAX_DEPTH,
+    MAX_IN_VALUES,
     And,
     Compare,
     Exists,
@@ -18,7 +21,7 @@ from ragserve.filters import (
     matches,
     parse_filter,
 )
-from ragserve.store.sqlite_filters import json_path
+from ragserve.store.sqlite_filters import json_path, to_sql
 
 
 def test_empty_filters_match_everything() -> None:
@@ -74,11 +77,47 @@ def test_coerce_accepts_an_ast_or_json() -> None:
         ({'a"]': 1}, "invalid field name"),
         ({"$.a": 1}, "unknown top-level operator"),
         ({"x" * 65: 1}, "invalid field name"),
+        ({"a": {"$in": list(range(1025))}}, r"filter\.a\.\$in has more than 1024 values"),
+        ({"a": {"$lt": 10**20}}, r"filter\.a\.\$lt: integer out of range"),
+        ({"a": 2**63}, "integer out of range"),
+        ({"a": -(2**63) - 1}, "integer out of range"),
+        ({"a": {"$in": [1, 10**30]}}, r"\$in\[1\]: integer out of range"),
+        ({"a": "\ud800"}, "lone surrogate"),
+        ({"a": {"$nin": ["ok", "x\udc00"]}}, r"\$nin\[1\]: string is not valid Unicode"),
+        ({"a": "a\x00"}, "NUL"),
     ],
 )
 def test_malformed_filters_name_the_problem(raw: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_filter(raw)
+
+
+def test_values_at_the_limits_are_accepted() -> None:
+    assert parse_filter({"a": 2**63 - 1}) == Compare(("a",), "$eq", 2**63 - 1)
+    assert parse_filter({"a": {"$gt": -(2**63)}}) == Compare(("a",), "$gt", -(2**63))
+    assert parse_filter({"a": 1e300}) == Compare(("a",), "$eq", 1e300)
+    assert parse_filter({"a": "\U0001f600 é"}) == Compare(("a",), "$eq", "\U0001f600 é")
+    node = parse_filter({"a": {"$in": list(range(MAX_IN_VALUES))}})
+    assert isinstance(node, In) and len(node.values) == MAX_IN_VALUES
+
+
+def test_the_number_of_conditions_is_bounded() -> None:
+    def wide(n: int) -> dict[str, Any]:
+        groups = [[{"a": {"$ne": g * 256 + i}} for i in range(256)] for g in range(n // 256)]
+        rest = [{"b": i} for i in range(n % 256)]
+        return {"$or": [{"$and": g} for g in groups] + ([{"$and": rest}] if rest else [])}
+
+    parse_filter(wide(MAX_CONDITIONS))
+    with pytest.raises(InvalidInput, match=f"more than {MAX_CONDITIONS} field conditions"):
+        parse_filter(wide(MAX_CONDITIONS + 1))
+
+
+def test_sqlite_in_lists_are_bound_json_arrays() -> None:
+    """``$in`` compiles to one parameter per type, not an OR chain as long as the list."""
+    params: list[object] = []
+    sql = to_sql(parse_filter({"a": {"$in": [*range(1000), "x", "y", True]}}), "m", params)  # type: ignore[arg-type]
+    assert sql.count("?") == 4 and " OR " in sql and sql.count(" OR ") == 2
+    assert params == ['$."a"', '$."a"', '["x", "y"]', json.dumps(list(range(1000)))]
 
 
 def test_nesting_is_bounded() -> None:

@@ -8,10 +8,17 @@ Grammar (MongoDB-like, on *document* metadata)::
               | FIELD: scalar                        shorthand for {"$eq": scalar}
               | FIELD: {OP: operand, ...}            every operator must hold
     OP       := $eq $ne $gt $gte $lt $lte            operand: scalar (ranges: number or string)
-              | $in $nin                             operand: non-empty list of scalars
+              | $in $nin                             operand: non-empty list of scalars (<= 1,024)
               | $exists                              operand: true | false
     FIELD    := name("." name)*                      name: [A-Za-z0-9_-]{1,64}; dots walk objects
     scalar   := string | number | true | false
+    number   := an integer in [-2**63, 2**63 - 1] or a finite float  (what SQLite can hold)
+    string   := valid Unicode without NUL (no lone surrogates; PostgreSQL stores no NUL)
+
+Limits: at most ``MAX_CLAUSES`` (256) keys per object or filters per ``$and``/``$or`` list,
+``MAX_DEPTH`` (16) levels of nesting, ``MAX_IN_VALUES`` (1,024) values per ``$in``/``$nin`` and
+``MAX_CONDITIONS`` (1,024) field conditions in the whole filter (so the SQL a backend builds stays
+within every engine's limits).
 
 Semantics, shared by every backend (and by :func:`matches`, the reference):
 
@@ -42,6 +49,8 @@ CompareOp = Literal["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]
 MAX_DEPTH = 16
 MAX_IN_VALUES = 1024
 MAX_CLAUSES = 256
+MAX_CONDITIONS = 1024
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _COMPARE_OPS: tuple[CompareOp, ...] = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 _ALL_OPS = (*_COMPARE_OPS, "$in", "$nin", "$exists")
@@ -95,7 +104,15 @@ def parse_filter(raw: object) -> Filter | None:
     node = _parse_object(raw, "filter", 0)
     if isinstance(node, And) and not node.clauses:
         return None
+    if _conditions(node) > MAX_CONDITIONS:
+        raise InvalidInput(f"filter has more than {MAX_CONDITIONS} field conditions in all")
     return node
+
+
+def _conditions(node: Filter) -> int:
+    if isinstance(node, And | Or):
+        return sum(_conditions(c) for c in node.clauses)
+    return 1
 
 
 def coerce_filter(value: Filter | Mapping[str, Any] | None) -> Filter | None:
@@ -187,10 +204,27 @@ def _parse_field(key: str, value: object, where: str) -> list[Filter]:
 
 
 def _scalar(value: object, where: str) -> Scalar:
-    if isinstance(value, bool | str):
+    if isinstance(value, bool):
         return value
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{where}: strings must not contain NUL (U+0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"{where}: string is not valid Unicode (a lone surrogate, U+D800 to U+DFFF)"
+            ) from None
+        return value
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise InvalidInput(
+                f"{where}: integer out of range: integers must lie in -2**63 .. 2**63-1 "
+                "(use a float for larger magnitudes)"
+            )
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
             raise InvalidInput(f"{where}: numbers must be finite")
         return value
     if value is None:

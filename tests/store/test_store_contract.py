@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ragserve.errors import CollectionNotFound, Conflict, DocumentNotFound, InvalidInput
-from ragserve.filters import matches, parse_filter
+from ragserve.filters import MAX_DEPTH, matches, parse_filter
 from ragserve.store.base import MAX_K, Store, backend_names, resolve_backend
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
@@ -357,6 +357,13 @@ def test_query_vector_of_wrong_dimension_is_rejected(coll: Store, shape: tuple[i
         {"a": {"$gt": True}},
         {"a": {"$exists": 1}},
         {"x')--": 1},
+        {"a": {"$in": list(range(1025))}},
+        {"a": {"$lt": 10**20}},
+        {"a": 2**63},
+        {"a": {"$nin": [1, -(2**63) - 1]}},
+        {"a": "\ud800"},
+        {"a": {"$in": ["ok", "x\udfffy"]}},
+        {"a": "a\x00b"},
     ],
 )
 def test_malformed_filter_is_rejected(coll: Store, bad: Any) -> None:
@@ -442,6 +449,91 @@ def test_filtered_search_does_not_under_return(coll: Store) -> None:
         assert len(coll.dense_search("c", q, 50, {"rare": True})) == 18
         assert len(coll.dense_search("c", q, 150, {"g": 1})) == 150
         assert len(coll.lexical_search("c", "shared", 18, {"rare": True})) == 18
+
+
+def _ids(hits: list[Any]) -> set[str]:
+    return {h.document_id for h in hits}
+
+
+def _check_against_reference(
+    store: Store, raw: dict[str, Any], metas: list[dict[str, Any]]
+) -> None:
+    expected = {f"d{i}" for i, meta in enumerate(metas) if matches(parse_filter(raw), meta)}
+    assert _ids(store.dense_search("c", random_unit(1, DIM, seed=9)[0], 100, raw)) == expected
+    assert _ids(store.lexical_search("c", "common", 100, raw)) == expected
+
+
+BIG_METAS: list[dict[str, Any]] = [
+    {"n": 0, "tag": "v0"},
+    {"n": 517, "tag": ["x", "v517"]},
+    {"n": 1023.0, "tag": "v1023"},
+    {"n": 1024, "tag": "v1024"},
+    {"n": "5", "tag": True},
+    {"n": [2000, 7], "tag": False},
+    {"n": 2**63 - 1, "tag": "big"},
+    {"n": -(2**63), "tag": "small"},
+    {"tag": "none"},
+]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"n": {"$in": list(range(1024))}},  # exactly the limit: 0, 517, 1023.0 and 7 (array)
+        {"n": {"$nin": list(range(1024))}},
+        {"tag": {"$in": [f"v{i}" for i in range(1023)] + [True]}},
+        {"tag": {"$nin": [f"v{i}" for i in range(1022)] + [False, "x"]}},
+        {"n": {"$in": [*range(1020), "5", 1024.0, 2**63 - 1, -(2**63)]}},
+        {"$or": [{"n": {"$in": list(range(i, i + 1024))}} for i in range(0, 4096, 1024)]},
+        {"n": 2**63 - 1},
+        {"n": {"$gte": 2**62}},
+        {"n": {"$lte": -(2**63)}},
+        {"n": {"$gt": -1e300, "$lt": 1.5e300}},
+    ],
+    ids=[
+        "in-1024",
+        "nin-1024",
+        "in-strings",
+        "nin-mixed",
+        "in-types",
+        "or-of-ins",
+        "int64-max",
+        "gte-2**62",
+        "int64-min",
+        "float-range",
+    ],
+)
+def test_filters_at_the_documented_limits_match_the_reference(
+    coll: Store, raw: dict[str, Any]
+) -> None:
+    for i, meta in enumerate(BIG_METAS):
+        add(coll, f"d{i}", [f"common word {i}"], metadata=meta)
+    _check_against_reference(coll, raw, BIG_METAS)
+
+
+def _deep(width: int, nested_first: bool) -> dict[str, Any]:
+    """MAX_DEPTH levels of alternating $or/$and, ``width`` conditions beside each nested part."""
+    node: dict[str, Any] = {"n": {"$in": list(range(0, 2048, 2))}}
+    for level in range(MAX_DEPTH):
+        op = "$and" if level % 2 else "$or"
+        others: list[dict[str, Any]] = [
+            {"n": {"$ne": 10_000 + 100 * level + i}} for i in range(width)
+        ]
+        if level % 4 == 3:
+            others[0] = {"tag": {"$exists": False}}
+        node = {op: [node, *others] if nested_first else [*others, node]}
+    return node
+
+
+@pytest.mark.parametrize("nested_first", [True, False])
+def test_the_largest_filters_the_parser_accepts_compile(coll: Store, nested_first: bool) -> None:
+    # 16 levels x 62 conditions + 1 = 993 conditions: SQLite's OR chains once nested this way
+    # passed its 1,000-level expression depth.
+    raw = _deep(62, nested_first)
+    metas = [{"n": i, "tag": "t"} if i % 3 else {"n": i} for i in range(8)]
+    for i, meta in enumerate(metas):
+        add(coll, f"d{i}", [f"common word {i}"], metadata=meta)
+    _check_against_reference(coll, raw, metas)
 
 
 # --------------------------------------------------------------------------- registry

@@ -10,6 +10,8 @@ Semantics follow :func:`ragserve.filters.matches`:
 * ``$eq``: ``m @> {"a": {"b": v}}`` (the value itself) or ``m @> {"a": {"b": [v]}}`` (an array
   holding it). ``jsonb`` containment compares numbers numerically and never mixes types, and an
   object on the path never equals a scalar. Both forms can use the ``jsonb_path_ops`` GIN index.
+* ``$in``: ``m @> ANY(%s::jsonb[])``, one bound array holding both forms of every value (a list
+  of 1,024 values is one parameter, not 2,048, and no ``OR`` chain).
 * ranges: ``strict`` jsonpath on the value and on its array elements (``strict`` so arrays are
   not unwrapped on the way down, as the reference does not walk into them); jsonpath compares
   numbers with numbers and strings with strings (code point order), anything else is false.
@@ -78,7 +80,11 @@ def to_sql(node: Filter, column: str, params: list[object]) -> str:
         found = f"coalesce(jsonb_path_exists({column}, %s::jsonpath, '{{}}', true), false)"
         return f"({found})" if node.exists else f"(NOT {found})"
     if isinstance(node, In):
-        sql = "(" + " OR ".join(_equals(column, node.path, v, params) for v in node.values) + ")"
+        # One bound jsonb[] of both containment forms of every value: any length, two
+        # placeholders, and still a bitmap scan of the GIN index (one per array element).
+        docs = [doc for v in node.values for doc in (_nest(node.path, v), _nest(node.path, [v]))]
+        params.append(docs)
+        sql = f"({column} @> ANY(%s::jsonb[]))"
         return f"(NOT {sql})" if node.negate else sql
     assert isinstance(node, Compare)
     if node.op == "$eq":
