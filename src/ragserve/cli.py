@@ -275,7 +275,8 @@ def serve(
     limit_malloc_arenas()  # before the request threads exist
     s = settings()
     if host is not None or port is not None:
-        s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+        given = {"host": host, "port": port}  # port 0: the system picks a free port
+        s = s.model_copy(update={k: v for k, v in given.items() if v is not None})
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=log_level, access_log=False)
 
 

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from ragserve import __version__
 from ragserve.api.auth import document_security
+from ragserve.api.docs import install_docs
 from ragserve.api.errors import install_error_handlers
 from ragserve.api.middleware import BodyLimitMiddleware
 from ragserve.api.observability import install_observability
@@ -91,6 +92,8 @@ def create_app(
         version=__version__,
         summary="Hybrid BM25 + dense retrieval with int8 ONNX models on CPU.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with their files served locally: install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.readiness = state
@@ -98,6 +101,7 @@ def create_app(
     if app.state.api_keys:
         document_security(app)
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health_router)
     app.include_router(collections_router)
     app.include_router(models_router)

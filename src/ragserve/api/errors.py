@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ragserve.errors import Overloaded, RagserveError
+from ragserve.errors import Overloaded, RagserveError, Unauthorized
 
 log = logging.getLogger("ragserve.api")
 
@@ -32,9 +32,20 @@ _STATUS_TYPES = {
 def error_response(
     status: int, error_type: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    # A message may quote user input: escape what UTF-8 cannot carry (lone surrogates), or
+    # rendering the error would itself fail.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
         {"error": {"type": error_type, "message": message}}, status_code=status, headers=headers
     )
+
+
+def _challenge(request: Request) -> str:
+    """The ``WWW-Authenticate`` value of a 401 (RFC 6750 section 3): a bearer challenge, with
+    ``error="invalid_token"`` when credentials were sent but not accepted."""
+    if request.headers.get("authorization"):
+        return 'Bearer realm="ragserve", error="invalid_token"'
+    return 'Bearer realm="ragserve"'
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -56,10 +67,12 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RagserveError)
-    async def _ragserve(_: Request, exc: RagserveError) -> JSONResponse:
+    async def _ragserve(request: Request, exc: RagserveError) -> JSONResponse:
         headers = None
         if isinstance(exc, Overloaded):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        elif isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": _challenge(request)}
         if not exc.public:
             log.error("internal error: %s", exc, exc_info=exc)
             return error_response(500, "internal_error", "internal server error")
@@ -80,6 +93,8 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = _STATUS_TYPES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else kind.replace("_", " ")
         headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers.setdefault("WWW-Authenticate", _challenge(request))
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return error_response(exc.status_code, kind, message, headers or None)

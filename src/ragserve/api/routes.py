@@ -53,7 +53,15 @@ Service = Annotated[RetrievalService, Depends(service)]
 CollectionName = Annotated[
     str, Path(pattern=s.NAME_PATTERN, description="Collection name.", examples=["docs"])
 ]
-DocumentId = Annotated[str, Path(min_length=1, max_length=512, description="Document id.")]
+DocumentId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=512,
+        description="Document id, percent-encoded (any character, '/' included: the route "
+        "takes the rest of the path, so 'a/b', 'a%2Fb' and 'a%252Fb' name 'a/b', 'a/b', 'a%2Fb').",
+    ),
+]
 
 health_router = APIRouter(tags=["health"])
 collections_router = APIRouter(
@@ -70,12 +78,14 @@ models_router = APIRouter(
 # ------------------------------------------------------------------------------ health
 
 
+@health_router.head("/healthz", include_in_schema=False)
 @health_router.get("/healthz", operation_id="healthz", response_model=s.Health)
 def healthz() -> s.Health:
     """Liveness: the process answers."""
     return s.Health(status="ok")
 
 
+@health_router.head("/readyz", include_in_schema=False)
 @health_router.get(
     "/readyz",
     operation_id="readyz",
@@ -220,7 +230,9 @@ async def add_documents(name: CollectionName, request: Request, svc: Service) ->
 
 
 @collections_router.get(
-    "/{name}/documents/{document_id}", operation_id="get_document", response_model=s.DocumentOut
+    "/{name}/documents/{document_id:path}",
+    operation_id="get_document",
+    response_model=s.DocumentOut,
 )
 def get_document(name: CollectionName, document_id: DocumentId, svc: Service) -> s.DocumentOut:
     doc = svc.get_document(name, document_id)
@@ -244,7 +256,7 @@ def get_document(name: CollectionName, document_id: DocumentId, svc: Service) ->
 
 
 @collections_router.delete(
-    "/{name}/documents/{document_id}", operation_id="delete_document", status_code=204
+    "/{name}/documents/{document_id:path}", operation_id="delete_document", status_code=204
 )
 def delete_document(name: CollectionName, document_id: DocumentId, svc: Service) -> Response:
     svc.delete_document(name, document_id)
