@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,12 +45,20 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
+    with run_server(tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def run_server(tmp_path: Path, **settings: str) -> Iterator[str]:
+    """A real `ragserve serve` on an ephemeral loopback port; ``settings`` are RAGSERVE_ values."""
     port = _free_port()
     env = {
         **os.environ,
         "RAGSERVE_DATA_DIR": str(tmp_path / "data"),
         "RAGSERVE_RERANKER_LOAD": "lazy",
         "HF_HUB_OFFLINE": "1",
+        **{f"RAGSERVE_{name.upper()}": value for name, value in settings.items()},
     }
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(

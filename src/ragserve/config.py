@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Worker threads for the light blocking handlers (collections, documents by "
-        "id); searches, ingest and model calls have their own (`RAGSERVE_*_WORKERS`). Each holds a store connection and its page cache: RSS at "
+        "id); searches, ingest and model calls have threads of their own "
+        "(`RAGSERVE_*_WORKERS`). Each holds a store connection and its page cache: RSS at "
         "concurrency 64 was 300 MB with 40 threads and 253 MB with 8, at the same searches/s.",
     )
     embedder_threads: int = Field(

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from ragserve.batching import MicroBatcher
 from ragserve.caching import ModelCaches
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, Overloaded, RagserveError
+from ragserve.errors import InvalidInput, RagserveError
 from ragserve.ingest.chunking import (
     chunk_document,
     content_budget,
@@ -93,7 +93,10 @@ def document_id_for(text: str) -> str:
 
 
 class RetrievalService:
-    """Owns the models, the store and the batchers of one process. Thread-safe."""
+    """Owns the models, the store and the batchers of one process. Thread-safe.
+
+    It does not shed load: how many searches, ingests and model calls run at once, and how
+    long a request may wait, is decided in front of it (:mod:`ragserve.admission`)."""
 
     def __init__(self, settings: Settings, models: ModelManager, store: Store) -> None:
         self.settings = settings
@@ -102,7 +105,6 @@ class RetrievalService:
         self._query_batchers: dict[str, MicroBatcher[tuple[str, bool], Vectors]] = {}
         self._rerank_batchers: dict[str, MicroBatcher[tuple[str, str], float]] = {}
         self._lock = threading.Lock()
-        self._ingest_slots = threading.BoundedSemaphore(2)
         self._searcher = Searcher(store)
         #: LRU caches of model outputs (query vectors, rerank logits); never of search results.
         self.caches = ModelCaches(settings.query_cache_size, settings.rerank_cache_size)
@@ -164,7 +166,7 @@ class RetrievalService:
                 batcher = MicroBatcher(
                     run,
                     max_batch=self.settings.max_batch_size,
-                    max_pending=self.settings.max_inflight,
+                    max_pending=self._backstop(query_texts=True),
                     name=f"embed-{name}",
                     workers=self.settings.embedder_runs,
                 )
@@ -183,11 +185,25 @@ class RetrievalService:
                 batcher = MicroBatcher(
                     run,
                     max_batch=max(self.settings.max_batch_size, 200),
-                    max_pending=self.settings.max_inflight * 20,
+                    max_pending=self._backstop(query_texts=False),
                     name=f"rerank-{name}",
                 )
                 self._rerank_batchers[name] = batcher
             return batcher
+
+    def _backstop(self, *, query_texts: bool) -> int:
+        """Items one model batcher may hold: all that the admitted requests can submit at once.
+
+        Admission control (:mod:`ragserve.admission`, at the HTTP edge) bounds the requests
+        that reach the models; this bound only stops a library caller's flood (429)."""
+        s = self.settings
+        if query_texts:  # a search: one query; /v1/embeddings: up to a request's inputs
+            return (
+                s.search_workers
+                + s.rerank_workers
+                + s.embeddings_workers * s.max_documents_per_request
+            )
+        return s.rerank_workers * max(s.max_documents_per_request, 200)  # 200: rerank_top_n
 
     def embed_queries(
         self, texts: Sequence[str], model: str | None = None, *, instruction: bool = True
@@ -208,8 +224,7 @@ class RetrievalService:
         return np.stack(rows) if rows else np.zeros((0, embedder.dimension), "float32")
 
     def embed_documents(self, texts: Sequence[str], model: str | None = None) -> Vectors:
-        with self._ingest_slot():
-            return self.embedder(model).embed_documents(texts)
+        return self.embedder(model).embed_documents(texts)
 
     def rerank(self, query: str, passages: Sequence[str], model: str | None = None) -> Scores:
         """Raw cross-encoder logits for each passage, batched with other concurrent callers.
@@ -356,9 +371,6 @@ class RetrievalService:
                 yield IngestResult(item.document.id, outcome, n, source=item.source)
             offset += n
 
-    def _ingest_slot(self) -> _Slot:
-        return _Slot(self._ingest_slots)
-
     # ------------------------------------------------------------------ search
 
     def search(self, collection: str, request: SearchRequest) -> SearchResult:
@@ -426,18 +438,3 @@ def score_pairs(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> Scores:
     for query, idx in by_query.items():
         out[idx] = reranker.score(query, [pairs[i][1] for i in idx])
     return out
-
-
-class _Slot:
-    """Admission to bulk embedding: waits briefly, then says 429."""
-
-    def __init__(self, semaphore: threading.BoundedSemaphore, timeout: float = 30.0) -> None:
-        self._semaphore = semaphore
-        self._timeout = timeout
-
-    def __enter__(self) -> None:
-        if not self._semaphore.acquire(timeout=self._timeout):
-            raise Overloaded("the server is busy ingesting; retry shortly", retry_after=5.0)
-
-    def __exit__(self, *exc: object) -> None:
-        self._semaphore.release()

@@ -405,7 +405,7 @@ class _BlockingEmbedder:
 
 
 def test_full_model_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, max_inflight=1)
+    settings = make_settings(tmp_path, embeddings_workers=1, embeddings_queue=0)
     embedder = _BlockingEmbedder()
     for client in ready_client(settings, make_service(settings, embedder=embedder)):
         with ThreadPoolExecutor(1) as pool:

@@ -18,6 +18,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from ragserve import __version__
+from ragserve.admission import Admission
 from ragserve.api.auth import document_security
 from ragserve.api.docs import install_docs
 from ragserve.api.errors import install_error_handlers
@@ -70,11 +71,13 @@ def create_app(
     """
     settings = settings or (service.settings if service else Settings())
     state = Readiness(service=service)
+    admission = Admission.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Blocking handlers run on AnyIO's worker threads; bound them (each keeps a store
-        # connection and its page cache, a stack and malloc state: memory under load).
+        # Light blocking handlers run on AnyIO's worker threads; bound them (each keeps a store
+        # connection and its page cache, a stack and malloc state: memory under load). Searches,
+        # ingest and model calls are admitted per kind and run on threads of their own.
         to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         loader = threading.Thread(
             target=_load, args=(settings, state, service), name="ragserve-loader", daemon=True
@@ -83,6 +86,7 @@ def create_app(
         try:
             yield
         finally:
+            admission.close()
             loader.join(timeout=60)
             if state.service is not None and service is None:
                 state.service.close()
@@ -97,6 +101,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.readiness = state
+    app.state.admission = admission  # bounded queues per kind of work (routes.admitted)
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
     if app.state.api_keys:
         document_security(app)

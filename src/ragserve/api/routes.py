@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from ragserve.admission import Admission, Kind, wait_for_disconnect
 from ragserve.api import schemas as s
 from ragserve.api.auth import require_key
 from ragserve.errors import InvalidInput, PayloadTooLarge, Unavailable
@@ -50,6 +50,21 @@ async def service(request: Request) -> RetrievalService:
 
 
 Service = Annotated[RetrievalService, Depends(service)]
+T = TypeVar("T")
+
+
+async def admitted(request: Request, kind: Kind, fn: Callable[[], T]) -> T:
+    """``fn()`` on a worker thread once admission control lets it in; 429 (or dropped, if the
+    client leaves) when it can't be answered within the deadline (see ragserve.admission)."""
+    admission: Admission = request.app.state.admission
+    return await admission.run(kind, fn, disconnected=lambda: wait_for_disconnect(request.receive))
+
+
+def _json(model: BaseModel) -> Response:
+    """A response model serialized on the worker thread (not again on the event loop)."""
+    return Response(model.model_dump_json().encode(), media_type="application/json")
+
+
 CollectionName = Annotated[
     str, Path(pattern=s.NAME_PATTERN, description="Collection name.", examples=["docs"])
 ]
@@ -80,8 +95,8 @@ models_router = APIRouter(
 
 @health_router.head("/healthz", include_in_schema=False)
 @health_router.get("/healthz", operation_id="healthz", response_model=s.Health)
-def healthz() -> s.Health:
-    """Liveness: the process answers."""
+async def healthz() -> s.Health:
+    """Liveness: the process answers (async: never waits for a worker thread)."""
     return s.Health(status="ok")
 
 
@@ -92,8 +107,9 @@ def healthz() -> s.Health:
     response_model=s.Readiness,
     responses={503: {"model": s.Readiness, "description": "Not ready, with the reason"}},
 )
-def readyz(request: Request) -> JSONResponse:
-    """Readiness: 200 once the models are loaded and the store is open; 503 with the reason."""
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 once the models are loaded and the store is open; 503 with the reason.
+    Async, and reads only in-memory state: it never waits behind model work."""
     state = request.app.state.readiness
     loads = {}
     if state.service is not None:
@@ -220,7 +236,7 @@ async def _documents_from_request(
 async def add_documents(name: CollectionName, request: Request, svc: Service) -> s.DocumentsOut:
     """Add or update documents (JSON records or uploaded files); one result per document."""
     items = await _documents_from_request(request, svc)
-    results = await run_in_threadpool(svc.ingest, name, items)
+    results = await admitted(request, Kind.INGEST, lambda: svc.ingest(name, items))
     return s.DocumentsOut(
         results=[
             s.DocumentResult(id=r.id, status=r.status, chunks=r.chunks, error=r.error)
@@ -301,7 +317,8 @@ async def search(
 
     # One trip to a worker thread for the search and its JSON; FastAPI would otherwise make a
     # second one to validate the returned model again (measured in docs/service.md).
-    content, timings = await run_in_threadpool(run)
+    kind = Kind.RERANK if req.rerank else Kind.SEARCH
+    content, timings = await admitted(request, kind, run)
     request.state.timings_ms = timings  # for the stage histograms and the access log
     return Response(content, media_type="application/json")
 
@@ -310,8 +327,12 @@ async def search(
 
 
 @models_router.post("/embeddings", operation_id="create_embeddings", response_model=s.EmbeddingsOut)
-def embeddings(body: s.EmbeddingsIn, svc: Service) -> s.EmbeddingsOut:
+async def embeddings(body: s.EmbeddingsIn, svc: Service, request: Request) -> Response:
     """OpenAI-compatible embeddings."""
+    return await admitted(request, Kind.EMBEDDINGS, lambda: _json(_embeddings(body, svc)))
+
+
+def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise InvalidInput("input must not be empty")
@@ -346,8 +367,12 @@ def embeddings(body: s.EmbeddingsIn, svc: Service) -> s.EmbeddingsOut:
 
 
 @models_router.post("/rerank", operation_id="rerank", response_model=s.RerankOut)
-def rerank(body: s.RerankIn, svc: Service) -> s.RerankOut:
+async def rerank(body: s.RerankIn, svc: Service, request: Request) -> Response:
     """Cohere-compatible rerank: relevance_score is the sigmoid of the cross-encoder logit."""
+    return await admitted(request, Kind.RERANK, lambda: _json(_rerank(body, svc)))
+
+
+def _rerank(body: s.RerankIn, svc: RetrievalService) -> s.RerankOut:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     if len(texts) > svc.settings.max_documents_per_request:
         raise PayloadTooLarge(
