@@ -15,7 +15,9 @@ from fastapi.openapi.utils import get_openapi
 from ragserve.errors import Unauthorized
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
+    """Async on purpose: it never blocks, and a sync dependency costs every /v1 request a trip
+    through the thread pool, in front of admission control (ragserve.admission)."""
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
         return
