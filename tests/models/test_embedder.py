@@ -280,3 +280,18 @@ def test_onnx_threads_spin_within_a_run_by_default() -> None:
     assert entries("in_run") == ("1", "1")
     assert entries("off") == ("0", "-")
     assert entries("always") == ("1", "-")
+
+
+@pytest.mark.slow
+def test_token_spans_of_a_long_text_hold_no_object_per_token(bge: OnnxEmbedder) -> None:
+    import tracemalloc
+
+    text = "word, " * 500_000  # 1,000,000 tokens
+    tracemalloc.start()
+    spans = bge.token_spans(text)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert spans.shape == (1_000_000, 2)
+    assert [text[a:b] for a, b in spans[-2:].tolist()] == ["word", ","]
+    # 16 MB of int64 offsets; a list of tuples (the Encoding's offsets) traced ~120 MB.
+    assert peak < 40 * 1024 * 1024, peak

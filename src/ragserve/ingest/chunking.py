@@ -34,10 +34,20 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from ragserve.errors import InvalidInput
+from ragserve.ingest.limits import BudgetExceeded
 from ragserve.types import Chunk, Document, Section
 
-TokenSpans = Callable[[str], list[tuple[int, int]]]
+#: Character offsets of each token: an ``(n, 2)`` integer array, or a sequence of pairs.
+Spans = Sequence[tuple[int, int]] | npt.NDArray[np.integer]
+TokenSpans = Callable[[str], Spans]
+
+#: A title or a heading is cut to this many characters before it joins a chunk's prefix (which
+#: is then cut to its token budget): a 10 MB title is never split or tokenized whole.
+PREFIX_MAX_CHARS = 4096
 
 #: Boundary ranks, best last.
 TOKEN, SENTENCE, PARAGRAPH, SECTION = 0, 1, 2, 3
@@ -46,7 +56,10 @@ _SENTENCE_END = re.compile("[.!?\u2026][\"')\\]\u00bb\u201d\u2019]*$")
 _PARAGRAPH_GAP = re.compile(r"\n[ \t\r\f\v]*\n")
 
 __all__ = [
+    "PREFIX_MAX_CHARS",
+    "Spans",
     "TokenSpans",
+    "as_spans",
     "chunk_document",
     "content_budget",
     "content_hash",
@@ -90,10 +103,10 @@ def content_budget(max_length: int, token_spans: TokenSpans, document_prefix: st
 def heading_prefix(title: str | None, headings: Sequence[str]) -> str:
     """The text embedded before a chunk: title and heading path, one per line, a blank line."""
     lines: list[str] = []
-    clean_title = " ".join((title or "").split())
+    clean_title = " ".join((title or "")[:PREFIX_MAX_CHARS].split())
     if clean_title:
         lines.append(clean_title)
-    path = [h for h in (" ".join(x.split()) for x in headings) if h]
+    path = [h for h in (" ".join(x[:PREFIX_MAX_CHARS].split()) for x in headings) if h]
     if path and path[0] == clean_title:  # an H1 that repeats the title
         path = path[1:]
     if path:
@@ -107,45 +120,95 @@ def embedding_text(chunk: Chunk) -> str:
     return f"{prefix}{chunk.text}" if isinstance(prefix, str) else chunk.text
 
 
+def as_spans(spans: Spans) -> npt.NDArray[np.int64]:
+    """Token offsets as an ``(n, 2)`` int64 array (16 bytes a token; no Python object each)."""
+    return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+
 def _boundary_ranks(
-    text: str, spans: Sequence[tuple[int, int]], structure: _Structure
-) -> list[int]:
+    text: str, spans: npt.NDArray[np.int64], structure: _Structure
+) -> npt.NDArray[np.int8]:
     """``ranks[i]``: how good a chunk end is between token ``i - 1`` and token ``i``."""
     ranks = _text_ranks(text, spans)
     starts = sorted({s.start for s in structure.sections} | {s.end for s in structure.sections})
-    for offset in starts:
-        i = bisect.bisect_left(spans, (offset, -1))  # first token starting at or after offset
-        if 0 < i < len(spans) and spans[i - 1][1] <= offset:
-            ranks[i] = SECTION
+    if starts:
+        offsets = np.asarray(starts, dtype=np.int64)
+        # first token starting at or after each offset
+        i = np.searchsorted(spans[:, 0], offsets, side="left")
+        ok = (i > 0) & (i < len(spans))
+        i = i[ok]
+        i = i[spans[i - 1, 1] <= offsets[ok]]
+        ranks[i] = SECTION
     return ranks
 
 
-def _text_ranks(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Paragraph breaks (a blank line), sentence ends and line breaks between tokens."""
-    ranks = [TOKEN] * (len(spans) + 1)
-    for i in range(1, len(spans)):
-        prev_start, prev_end = spans[i - 1]
-        gap = text[prev_end : spans[i][0]]
-        if not gap:
-            continue
-        if _PARAGRAPH_GAP.search(gap):
-            ranks[i] = PARAGRAPH
-        elif _SENTENCE_END.search(text[prev_start:prev_end]) or "\n" in gap:
+_ENDERS = ".!?\u2026"
+_CLOSERS = "\"')]\u00bb\u201d\u2019"
+
+
+def _text_ranks(text: str, spans: npt.NDArray[np.int64]) -> npt.NDArray[np.int8]:
+    """Paragraph breaks (a blank line), sentence ends and line breaks between tokens.
+
+    Vectorized over tokens (a 10 MB text has millions): only the tokens that may end a
+    sentence (their last character is an ender or a closer) are looked at one by one.
+    """
+    n = len(spans)
+    ranks = np.full(n + 1, TOKEN, dtype=np.int8)
+    ranks[n] = SECTION
+    if n < 2:
+        return ranks
+    starts, ends = spans[:, 0], spans[:, 1]
+    gap = np.zeros(n, dtype=bool)
+    gap[1:] = starts[1:] > ends[:-1]  # gap[i]: text between token i - 1 and token i
+
+    def token_after(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """For each character position inside a gap, the token that follows the gap (else 0)."""
+        i = np.searchsorted(starts, positions, side="right")
+        ok = (i > 0) & (i < n)
+        i = np.where(ok, i, 0)
+        inside = ok & (ends[np.maximum(i - 1, 0)] <= positions)
+        return np.where(inside, i, 0)
+
+    # Line breaks, and sentence ends (checked with the regex on the few candidate tokens).
+    newlines = np.fromiter((m.start() for m in re.finditer("\n", text)), dtype=np.int64)
+    if len(newlines):
+        ranks[token_after(newlines)] = SENTENCE
+    last = ends[:-1] - 1
+    candidates = np.nonzero(gap[1:])[0] + 1
+    for i in candidates[_last_char_in(text, last[candidates - 1], _ENDERS + _CLOSERS)]:
+        prev_start, prev_end = int(starts[i - 1]), int(ends[i - 1])
+        if _SENTENCE_END.search(text[prev_start:prev_end]):
             ranks[i] = SENTENCE
-    ranks[len(spans)] = SECTION
+    # Paragraph breaks: a blank line inside one gap.
+    blanks = [(m.start(), m.end()) for m in _PARAGRAPH_GAP.finditer(text)]
+    if blanks:
+        bounds = np.asarray(blanks, dtype=np.int64)
+        after = token_after(bounds[:, 0])
+        whole = (after > 0) & (starts[after] >= bounds[:, 1])
+        ranks[after[whole]] = PARAGRAPH
+    ranks[0] = TOKEN
     return ranks
+
+
+def _last_char_in(text: str, positions: npt.NDArray[np.int64], chars: str) -> npt.NDArray[np.bool_]:
+    """Whether ``text[p]`` is one of ``chars``, for each position, without a Python step (or
+    object) per position: the text's code points as a uint32 array (4 bytes a character)."""
+    if not len(positions):
+        return np.zeros(0, dtype=bool)
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return np.isin(points[positions], np.asarray([ord(c) for c in chars], dtype=np.uint32))
 
 
 def _fit_prefix(prefix: str, token_spans: TokenSpans, limit: int) -> tuple[str, int]:
     """The prefix cut to at most ``limit`` tokens (at a token boundary), and its token count."""
     if not prefix:
         return "", 0
-    spans = token_spans(prefix)
+    spans = as_spans(token_spans(prefix))
     if len(spans) <= limit:
         return prefix, len(spans)
     if limit <= 0:
         return "", 0
-    return prefix[: spans[limit - 1][1]] + "\n\n", limit
+    return prefix[: int(spans[limit - 1, 1])] + "\n\n", limit
 
 
 def chunk_document(
@@ -156,12 +219,14 @@ def chunk_document(
     overlap: int,
     title_prefix: bool,
     max_tokens: int = 510,
+    max_chars: int | None = None,
 ) -> list[Chunk]:
     """Cut ``doc`` into chunks of at most ``chunk_tokens`` tokens sharing ``overlap`` tokens.
 
     ``max_tokens`` bounds prefix + span: :func:`content_budget` computes it from the embedder's
     ``max_length`` and document prefix (510 for bge-small). A document without tokens has no
-    chunks.
+    chunks. A text longer than ``max_chars`` is refused (:class:`BudgetExceeded`) before it is
+    tokenized.
     See the module docstring for where chunks end and what their metadata holds.
     """
     if chunk_tokens < 1:
@@ -173,8 +238,13 @@ def chunk_document(
     if max_tokens < 1:
         raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")
     text = doc.text
-    spans = token_spans(text)
-    if not spans:
+    if max_chars is not None and len(text) > max_chars:
+        raise BudgetExceeded(
+            f"the text is {len(text):,} characters, over the limit of {max_chars:,} "
+            "(max_document_chars)"
+        )
+    spans = as_spans(token_spans(text))
+    if not len(spans):
         return []
     structure = _Structure.of(doc)
     ranks = _boundary_ranks(text, spans, structure)
@@ -186,7 +256,7 @@ def chunk_document(
     anchor = 0  # first token of the chunk's new content (after the overlap)
     n = len(spans)
     while True:
-        section = structure.at(spans[anchor][0])
+        section = structure.at(int(spans[anchor, 0]))
         headings = section.headings if section else ()
         prefix, prefix_len = "", 0
         if title_prefix:
@@ -208,7 +278,7 @@ def chunk_document(
 
 
 def _choose_end(
-    ranks: Sequence[int], start: int, anchor: int, budget: int, overlap: int, n: int
+    ranks: npt.NDArray[np.int8], start: int, anchor: int, budget: int, overlap: int, n: int
 ) -> int:
     limit = start + budget
     if limit >= n:
@@ -216,26 +286,24 @@ def _choose_end(
     # Never end inside the overlap, take more tokens than the overlap (so the next chunk can start
     # ``overlap`` tokens back and still move on), and fill at least half the window.
     lowest = max(anchor + 1, start + overlap + 1, start + math.ceil(budget / 2))
-    best, best_rank = limit, ranks[limit]
-    for i in range(limit - 1, lowest - 1, -1):
-        if ranks[i] > best_rank:
-            best, best_rank = i, ranks[i]
-            if best_rank == SECTION:
-                break
-    return best
+    if lowest > limit:
+        return limit
+    # The best rank in [lowest, limit]; among equals the latest (argmax of the reversed window).
+    window = ranks[lowest : limit + 1][::-1]
+    return limit - int(np.argmax(window))
 
 
 def _make_chunk(
     doc: Document,
     index: int,
-    spans: Sequence[tuple[int, int]],
+    spans: npt.NDArray[np.int64],
     first: int,
     end: int,
     headings: tuple[str, ...],
     prefix: str,
     structure: _Structure,
 ) -> Chunk:
-    char_start, char_end = spans[first][0], spans[end - 1][1]
+    char_start, char_end = int(spans[first, 0]), int(spans[end - 1, 1])
     metadata: dict[str, object] = {"tokens": end - first}
     if headings:
         metadata["headings"] = list(headings)

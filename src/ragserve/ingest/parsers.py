@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -39,6 +38,8 @@ from ragserve.ingest.detect import (
     decode_text,
     detect_type,
 )
+from ragserve.ingest.limits import Budget, BudgetExceeded, Limits
+from ragserve.ingest.office import read_docx
 from ragserve.ingest.records import record_to_document, single_record
 from ragserve.types import Document, JSONDict, Section
 
@@ -47,6 +48,7 @@ __all__ = [
     "FileType",
     "ParseError",
     "UnsupportedType",
+    "check_chars",
     "check_size",
     "decode_text",
     "detect_type",
@@ -88,12 +90,15 @@ def parse_bytes(
     max_bytes: int,
     doc_id: str | None = None,
     source: str | None = None,
+    limits: Limits | None = None,
 ) -> Document:
     """Parse an upload (or a file's bytes) into one document.
 
     A JSON file holding one record object is accepted; arrays and JSONL hold many records: use
-    ``ragserve.ingest.sources.iter_bytes``, which takes every type.
+    ``ragserve.ingest.sources.iter_bytes``, which takes every type. ``limits`` (default: the
+    defaults of :class:`Limits` with ``max_bytes``) bound what parsing may expand to.
     """
+    limits = limits or Limits(max_bytes=max_bytes)
     check_size(len(data), max_bytes, "the document")
     if not data.strip():
         raise ParseError("empty document")
@@ -103,9 +108,10 @@ def parse_bytes(
     doc_id = doc_id or source
     if kind.is_records:
         return single_record(data, kind, doc_id, max_bytes)
-    parsed = _PARSERS[kind](data)
+    parsed = _PARSERS[kind](data, limits)
     meta["content_type"] = kind.value
     meta.update(parsed.metadata)
+    check_chars(len(parsed.text), limits.max_chars)
     if not parsed.text.strip():
         raise ParseError(f"empty document (no text in this {kind.name.lower()})")
     return Document(
@@ -183,8 +189,17 @@ class _Builder:
 # ------------------------------------------------------------------------------------ parsers
 
 
-def _parse_text(data: bytes) -> _Parsed:
+def check_chars(chars: int, max_chars: int, what: str = "the text") -> None:
+    """Refuse a text longer than ``max_chars`` (checked before anything tokenizes it)."""
+    if chars > max_chars:
+        raise BudgetExceeded(
+            f"{what} is {chars:,} characters, over the limit of {max_chars:,} (max_document_chars)"
+        )
+
+
+def _parse_text(data: bytes, limits: Limits) -> _Parsed:
     text = decode_text(data)
+    check_chars(len(text), limits.max_chars)
     return _Parsed(text, None, [Section(0, len(text))] if text else [])
 
 
@@ -192,8 +207,10 @@ _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)\n", re.DOTALL)
 _MD = MarkdownIt("commonmark").enable("table")
 
 
-def _parse_markdown(data: bytes) -> _Parsed:
-    return markdown_to_parsed(decode_text(data))
+def _parse_markdown(data: bytes, limits: Limits) -> _Parsed:
+    text = decode_text(data)
+    check_chars(len(text), limits.max_chars)
+    return markdown_to_parsed(text)
 
 
 def markdown_to_parsed(source: str) -> _Parsed:
@@ -286,14 +303,27 @@ def _inside(node: Any, tags: tuple[str, ...]) -> bool:
     return False
 
 
-def _parse_html(data: bytes) -> _Parsed:
+#: Pages with more tags than this skip trafilatura (its Python passes over the tree take seconds
+#: per 100,000 elements) and keep the body's text.
+HTML_EXTRACT_MAX_TAGS = 100_000
+
+
+def _parse_html(data: bytes, limits: Limits) -> _Parsed:
     import trafilatura
     from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
+    # Every DOM node costs a few hundred bytes: a page of 5 million empty tags is 50 MB on disk
+    # and gigabytes parsed. Counting "<" bounds the tags from above, before any parsing.
+    tags = data.count(b"<")
+    if tags > limits.max_html_tags:
+        raise BudgetExceeded(
+            f"HTML with up to {tags:,} tags, over the limit of {limits.max_html_tags:,}: refused "
+            "(max_html_tags)"
+        )
     tree = HTMLParser(data)
     title_node = tree.css_first("title")
     page_title = " ".join(title_node.text().split()) if title_node else ""
-    meta = trafilatura.extract_metadata(data)
+    meta = trafilatura.extract_metadata(data) if tags <= HTML_EXTRACT_MAX_TAGS else None
     # Semantic chrome goes before trafilatura looks for the main content (it keeps some chrome on
     # short pages); a <header> inside an article or main holds the article's own heading: kept.
     for node in tree.css(_CHROME):
@@ -301,8 +331,8 @@ def _parse_html(data: bytes) -> _Parsed:
     for node in tree.css("header"):
         if not _inside(node, ("article", "main")):
             node.decompose()
-    cleaned = tree.html or ""
-    extracted = trafilatura.extract(
+    cleaned = (tree.html or "") if tags <= HTML_EXTRACT_MAX_TAGS else ""
+    extracted = cleaned and trafilatura.extract(
         cleaned,
         output_format="markdown",
         include_formatting=True,
@@ -329,9 +359,9 @@ def _parse_html(data: bytes) -> _Parsed:
     return parsed
 
 
-def _parse_pdf(data: bytes) -> _Parsed:
+def _parse_pdf(data: bytes, limits: Limits) -> _Parsed:
     from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -349,6 +379,8 @@ def _parse_pdf(data: bytes) -> _Parsed:
         raise
     except FileNotDecryptedError:
         raise ParseError("encrypted PDF: a password is required") from None
+    except LimitReachedError as exc:  # pypdf's own budgets (page tree entries, stream sizes)
+        raise BudgetExceeded(f"PDF over a parser limit: {exc}") from None
     # pypdf raises many exception types on malformed input; this is where they enter.
     except Exception as exc:  # noqa: BLE001
         raise ParseError(f"corrupt PDF: {type(exc).__name__}: {exc}") from None
@@ -375,56 +407,32 @@ def _parse_pdf(data: bytes) -> _Parsed:
     return _Parsed("".join(parts), title or None, covered, {"pages": len(pages)})
 
 
-#: A DOCX may expand this many times its size (typical: 3-10x), or to this many bytes, not more.
-DOCX_MAX_RATIO = 100
-DOCX_MAX_EXPANDED = 64 * 1024 * 1024
-
 _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
-def _parse_docx(data: bytes) -> _Parsed:
-    import docx
-    from docx.table import Table
-    from docx.text.paragraph import Paragraph
-
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            if "word/document.xml" not in zf.namelist():
-                raise ParseError("not a DOCX: the ZIP archive has no word/document.xml")
-            expanded = sum(info.file_size for info in zf.infolist())
-            if expanded > max(DOCX_MAX_RATIO * len(data), DOCX_MAX_EXPANDED):
-                raise ParseError(
-                    f"DOCX expands to {expanded:,} bytes from {len(data):,}: refused (ZIP bomb?)"
-                )
-        document = docx.Document(io.BytesIO(data))
-        blocks = list(document.iter_inner_content())
-        core_title = document.core_properties.title
-    except ParseError:
-        raise
-    # python-docx and lxml raise many exception types on malformed input; this is where they enter.
-    except Exception as exc:  # noqa: BLE001
-        raise ParseError(f"corrupt DOCX: {type(exc).__name__}: {exc}") from None
+def _parse_docx(data: bytes, limits: Limits) -> _Parsed:
+    budget = Budget(limits.max_expanded, "the DOCX")
+    blocks, core_title = read_docx(data, budget)
     builder = _Builder()
     style_title: str | None = None
     for block in blocks:
-        if isinstance(block, Paragraph):
-            text = block.text
-            style = (block.style.name if block.style is not None else "") or ""
-            level = _HEADING_STYLE.match(style)
-            if level:
-                builder.heading(int(level.group(1)), text)
-            elif style.lower() == "title":
-                style_title = style_title or " ".join(text.split()) or None
-                builder.block(text)
-            elif style.lower().startswith("list"):
-                builder.block(f"- {text}", "item")
-            else:
-                builder.block(text)
-        elif isinstance(block, Table):
+        if block.rows is not None:
             for row in block.rows:
-                cells = [" ".join(c.text.split()) for c in row.cells]
+                cells = [" ".join(c.split()) for c in row]
                 if any(cells):
                     builder.block(" | ".join(cells), "row")
+            continue
+        text, style = block.text, block.style
+        level = _HEADING_STYLE.match(style)
+        if level:
+            builder.heading(int(level.group(1)), text)
+        elif style.lower() == "title":
+            style_title = style_title or " ".join(text.split()) or None
+            builder.block(text)
+        elif style.lower().startswith("list"):
+            builder.block(f"- {text}", "item")
+        else:
+            builder.block(text)
     parsed = builder.build()
     parsed.title = (core_title or "").strip() or style_title or parsed.title
     return parsed

@@ -9,7 +9,7 @@ from typing import Any
 from ragserve.ingest.detect import FileType, ParseError, check_size, decode_text
 from ragserve.types import Document
 
-__all__ = ["RECORD_FIELDS", "record_to_document", "single_record"]
+__all__ = ["RECORD_FIELDS", "check_record", "record_to_document", "single_record"]
 
 
 RECORD_FIELDS = ("id", "text", "title", "metadata")
@@ -59,16 +59,34 @@ def record_to_document(record: object, *, fallback_id: str | None, max_bytes: in
         raise ParseError(
             f"record {doc_id!r}: 'metadata' must be an object, got {_json_type(metadata)}"
         )
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ParseError(f"record {doc_id!r}: 'metadata' is not JSON data ({exc})") from None
+    check_record(doc_id, text, title, metadata, max_bytes)
     return Document(
         id=doc_id,
         text=text.replace("\r\n", "\n"),
         title=title.strip() or None if title else None,
         metadata=dict(metadata),
     )
+
+
+def check_record(
+    doc_id: str, text: str, title: str | None, metadata: Mapping[str, Any], max_bytes: int
+) -> None:
+    """Valid Unicode throughout (no lone surrogates), metadata that is JSON data, and at most
+    ``max_bytes`` of UTF-8 in text, title and metadata together (``max_document_bytes``: "the
+    largest file or record")."""
+    where = f"record {doc_id!r}"
+    _check_unicode(text, f"{where}: 'text'")
+    if title:
+        _check_unicode(title, f"{where}: 'title'")
+    try:
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParseError(f"{where}: 'metadata' is not valid Unicode ({exc.reason})") from None
+    except (TypeError, ValueError) as exc:
+        raise ParseError(f"{where}: 'metadata' is not JSON data ({exc})") from None
+    size = len(text.encode("utf-8")) + len((title or "").encode("utf-8"))
+    size += len(encoded) if metadata else 0
+    check_size(size, max_bytes, where)
 
 
 def _check_unicode(text: str, what: str) -> None:

@@ -37,6 +37,7 @@ import ijson  # type: ignore[import-untyped]
 
 from ragserve.errors import RagserveError
 from ragserve.ingest.detect import SNIFF_BYTES
+from ragserve.ingest.limits import Limits
 from ragserve.ingest.parsers import (
     FileType,
     ParseError,
@@ -236,10 +237,12 @@ def iter_bytes(
     *,
     max_bytes: int,
     doc_id: str | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Item]:
     """An upload: one document, or its records for JSON / JSONL (each checked against the limit).
 
-    The whole upload is already in memory here (the HTTP layer bounds it with its body limit).
+    The whole upload is already in memory here (the HTTP layer bounds it with its body limit);
+    the server parses it in a separate process (:mod:`ragserve.ingest.worker`).
     """
     try:
         kind = detect_type(data[:SNIFF_BYTES], filename, content_type)
@@ -252,7 +255,9 @@ def iter_bytes(
         yield from _json(io.BytesIO(data), filename, max_bytes, doc_id)
     else:
         try:
-            yield parse_bytes(data, filename, content_type, max_bytes=max_bytes, doc_id=doc_id)
+            yield parse_bytes(
+                data, filename, content_type, max_bytes=max_bytes, doc_id=doc_id, limits=limits
+            )
         except RagserveError as exc:
             yield IngestFailure.of(filename, exc)
 

@@ -8,7 +8,7 @@ token budget, and ``pool`` (CLS or masked mean, then L2 normalization).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -42,8 +42,9 @@ class Embedder(Protocol):
         ``instruction=False`` (the service passes it to no other)."""
         ...
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character offsets of every token of ``text`` (no special tokens, no truncation)."""
+    def token_spans(self, text: str) -> Sequence[tuple[int, int]] | npt.NDArray[np.integer]:
+        """Character offsets of every token of ``text`` (no special tokens, no truncation):
+        pairs, or an ``(n, 2)`` integer array (what :class:`OnnxEmbedder` returns)."""
         ...
 
 
@@ -56,6 +57,20 @@ def check_text(text: object, what: str = "text") -> str:
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} is not valid UTF-8 (it contains lone surrogates)") from None
     return text
+
+
+def check_texts(texts: Sequence[object], what: str = "input") -> None:
+    """:func:`check_text` on each text, naming the first bad one (``input[3]``): callers run it
+    before the texts join a batch shared with other requests, so a bad text fails only its own
+    request, never its batch-mates'."""
+    for i, text in enumerate(texts):
+        check_text(text, f"{what}[{i}]" if len(texts) > 1 else what)
+
+
+#: Characters of a text kept for the model, per token of its ``max_length``: the model sees at
+#: most ``max_length`` tokens and a token covers at least one character (in practice 4), so
+#: cutting at 64 a token changes nothing but what a megabyte of text costs the tokenizer.
+CHARS_PER_TOKEN_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +206,8 @@ class OnnxEmbedder:
             prefix = self.spec.query_prefix
         else:
             prefix = ""
-        checked = [prefix + check_text(t) for t in texts]
+        keep = self.spec.max_length * CHARS_PER_TOKEN_KEPT
+        checked = [prefix + check_text(t)[:keep] for t in texts]
         return list(self._tokenizer.encode_batch(checked, add_special_tokens=True))
 
     def run(self, encodings: Sequence[Encoding]) -> Vectors:
@@ -246,6 +262,40 @@ class OnnxEmbedder:
         """``instruction=False``: without the query prefix if the spec marks it optional."""
         return self.embed(texts, query=True, instruction=instruction)
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        enc = self._spans_tokenizer.encode(check_text(text), add_special_tokens=False)
-        return [(int(a), int(b)) for a, b in enc.offsets]
+    def token_spans(self, text: str) -> npt.NDArray[np.int64]:
+        """Offsets as an ``(n, 2)`` int64 array, 16 bytes a token.
+
+        The text is tokenized in windows of about ``SPAN_WINDOW`` characters cut at whitespace
+        (where the pre-tokenizer splits anyway, so the tokens are the same): one Encoding (ids,
+        token strings, offsets...) and one Python tuple per token for a 10 MB text cost 3 GB.
+        """
+        check_text(text)
+        windows = list(_windows(text, SPAN_WINDOW))
+        parts: list[npt.NDArray[np.int64]] = []
+        for group in range(0, len(windows), 16):
+            batch = windows[group : group + 16]
+            encodings = self._spans_tokenizer.encode_batch(
+                [text[a:b] for a, b in batch], add_special_tokens=False
+            )
+            for (a, _), enc in zip(batch, encodings, strict=True):
+                offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+                parts.append(offsets + a)
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+#: Characters tokenized at a time by ``OnnxEmbedder.token_spans``.
+SPAN_WINDOW = 32 * 1024
+
+
+def _windows(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` pieces of about ``size`` characters, each cut after a whitespace
+    character when there is one in the piece's second half."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            cut = max(text.rfind(c, start + size // 2, end) for c in (" ", "\n", "\t"))
+            if cut > 0:
+                end = cut + 1
+        yield start, end
+        start = end

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragserve.models.cache import CachedModel
-from ragserve.models.embedder import Batching, check_text, pad_batch
+from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Batching, check_text, pad_batch
 from ragserve.models.runtime import SessionConfig, build_session, load_tokenizer
 
 Scores = npt.NDArray[np.float32]
@@ -70,7 +70,10 @@ class OnnxReranker:
         """Logits for (query, passage) pairs that may come from different queries (batching)."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        checked = [(check_text(q, "query"), check_text(p, "passage")) for q, p in pairs]
+        keep = self.max_length * CHARS_PER_TOKEN_KEPT  # what a pair can show the model at most
+        checked = [
+            (check_text(q, "query")[:keep], check_text(p, "passage")[:keep]) for q, p in pairs
+        ]
         encodings = self._tokenizer.encode_batch(checked, add_special_tokens=True)
         out = np.empty(len(pairs), dtype=np.float32)
         for batch in self.batching.plan(
