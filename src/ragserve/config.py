@@ -168,6 +168,33 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="Largest file or record accepted."
     )
+    max_document_chars: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="Most characters of text in one document after parsing; longer ones are "
+        "refused before they are tokenized (5 M: ~4,500 chunks, ~3 min of embedding here).",
+    )
+    max_expanded_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes one file may decompress to (a DOCX's ZIP parts), counted as read.",
+    )
+    parse_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes that parse uploaded files (started on first use); more uploads "
+        "wait for one.",
+    )
+    parse_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a parser process may spend on one file."
+    )
+    parse_memory_bytes: int = Field(
+        default=768 * 1024 * 1024,
+        ge=0,
+        description="Address space of a parser process (0: unlimited; idle it takes 190 MB of "
+        "it, 67 MB resident); a file that needs more is refused.",
+    )
 
     # --- HTTP service ------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface `serve` binds.")

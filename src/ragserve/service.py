@@ -36,7 +36,7 @@ from ragserve.ingest.chunking import (
 )
 from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
-from ragserve.models.embedder import Embedder, OnnxEmbedder, Vectors
+from ragserve.models.embedder import Embedder, OnnxEmbedder, Vectors, check_text, check_texts
 from ragserve.models.manager import ModelManager
 from ragserve.models.reranker import OnnxReranker, Reranker, Scores
 from ragserve.search import Searcher, SearchRequest, SearchResult
@@ -213,6 +213,7 @@ class RetrievalService:
         ``instruction=False`` leaves out the query instruction where the model's spec marks it
         optional (an embedder without that notion always gets its usual query form).
         """
+        check_texts(texts, "query")  # before joining a batch shared with other requests
         embedder = self.embedder(model)
         name = embedder.name
         spec = getattr(embedder, "spec", None)
@@ -230,6 +231,8 @@ class RetrievalService:
         """Raw cross-encoder logits for each passage, batched with other concurrent callers.
 
         Cached per (reranker, query, passage hash): changed or deleted chunks can't be hit."""
+        check_text(query, "query")  # before joining a batch shared with other requests
+        check_texts(passages, "documents")
         name = self.reranker(model).name
         scores = self.caches.rerank_scores(
             name, query, passages, lambda pairs: self._rerank_batcher(name)(pairs)
@@ -326,6 +329,7 @@ class RetrievalService:
                 overlap=self.settings.chunk_overlap,
                 title_prefix=self.settings.chunk_title_prefix,
                 max_tokens=budget,
+                max_chars=self.settings.max_document_chars,
             )
             if not chunks:
                 raise InvalidInput("document has no text to index")
@@ -379,6 +383,7 @@ class RetrievalService:
             raise InvalidInput(f"top_k must be at most {self.settings.max_top_k}")
         if len(request.query) > self.settings.max_query_chars:
             raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
+        check_text(request.query, "query")
 
         # Dense ranking leans on the instruction (SciFact nDCG@10 0.7159 with, 0.7076 without);
         # in hybrid, BM25 makes up for it (0.7221 / 0.7220) and queries are 8 tokens shorter.

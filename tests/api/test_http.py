@@ -217,13 +217,19 @@ def test_a_body_over_the_limit_is_413(client: TestClient, settings: Settings) ->
     assert error_of(r)["type"] == "payload_too_large"
 
 
-def test_malformed_json_is_422(client: TestClient) -> None:
+def test_documents_body_that_is_not_json_is_400_and_wrong_shape_is_422(
+    client: TestClient,
+) -> None:
     client.post("/v1/collections", json={"name": "docs"})
     r = client.post(
         "/v1/collections/docs/documents",
         content=b"{not json",
         headers={"content-type": "application/json"},
     )
+    assert r.status_code == 400, r.text
+    assert error_of(r)["type"] == "bad_request"
+    assert "not valid JSON" in error_of(r)["message"]
+    r = client.post("/v1/collections/docs/documents", json={"documents": [{"title": "no text"}]})
     assert r.status_code == 422
     assert error_of(r)["type"] == "invalid_request"
 

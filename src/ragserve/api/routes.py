@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragserve.admission import Admission, Kind, wait_for_disconnect
 from ragserve.api import schemas as s
 from ragserve.api.auth import require_key
-from ragserve.errors import InvalidInput, PayloadTooLarge, Unavailable
-from ragserve.ingest.sources import IngestFailure, iter_bytes
+from ragserve.config import Settings
+from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
+from ragserve.ingest.limits import Limits
+from ragserve.ingest.records import check_record
+from ragserve.ingest.sources import IngestFailure, Item
+from ragserve.ingest.worker import ParsePool
+from ragserve.models.embedder import check_text, check_texts
 from ragserve.models.reranker import sigmoid
 from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService, document_id_for
@@ -187,44 +196,88 @@ _DOCUMENTS_BODY = {
 async def _documents_from_request(
     request: Request, svc: RetrievalService
 ) -> list[Document | IngestFailure]:
+    """Documents (or per-document failures) from a JSON body or uploaded files.
+
+    Files are parsed in worker processes with per-document budgets
+    (:mod:`ragserve.ingest.worker`), never on the event loop; JSON is validated on a thread."""
     settings = svc.settings
+    most = settings.max_documents_per_request
+    too_many = f"more than {most} documents or files in one request; the limit is {most}"
     content_type = request.headers.get("content-type", "")
     items: list[Document | IngestFailure] = []
     if content_type.startswith("multipart/form-data"):
-        async with request.form(max_files=settings.max_documents_per_request) as form:
-            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-            if not uploads:
-                raise InvalidInput("multipart body has no files")
-            for upload in uploads:
-                data = await upload.read()
-                name = upload.filename or "upload"
-                limit = settings.max_document_bytes
-                items.extend(iter_bytes(data, name, upload.content_type, max_bytes=limit))
-                if len(items) > settings.max_documents_per_request:
-                    raise PayloadTooLarge(
-                        f"more than {settings.max_documents_per_request} documents in one request"
-                    )
+        parsing = _parsing(request, settings)
+        try:
+            async with request.form(max_files=most) as form:
+                uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+                if not uploads:
+                    raise InvalidInput("multipart body has no files")
+                for upload in uploads:
+                    data = await upload.read()
+                    name = upload.filename or "upload"
+                    items.extend(await parsing.parse(data, name, upload.content_type))
+                    if len(items) > most:
+                        raise PayloadTooLarge(too_many)
+        except StarletteHTTPException as exc:
+            if exc.status_code == 400 and "Too many files" in str(exc.detail):
+                raise PayloadTooLarge(too_many) from None
+            raise
         return items
     if not content_type.startswith("application/json"):
         raise InvalidInput("send application/json or multipart/form-data")
+    raw = await request.body()
     try:
-        body = s.DocumentsIn.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
-    if len(body.documents) > settings.max_documents_per_request:
+        # json.loads, as FastAPI parses the other routes' bodies: a lone surrogate escape is
+        # JSON, and fails its own document below (pydantic's parser refuses the whole body).
+        body = s.DocumentsIn.model_validate(await to_thread.run_sync(json.loads, raw))
+    except ValueError as exc:  # not JSON at all (or not UTF-8): malformed, 400 like every route
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
+        raise StarletteHTTPException(400, f"request body is not valid JSON: {exc}") from None
+    del raw
+    if len(body.documents) > most:
         raise PayloadTooLarge(
-            f"{len(body.documents)} documents in one request; the limit is "
-            f"{settings.max_documents_per_request}"
+            f"{len(body.documents)} documents in one request; the limit is {most}"
         )
-    for d in body.documents:
-        items.append(
-            Document(
-                id=d.id or document_id_for(d.text), text=d.text, title=d.title, metadata=d.metadata
-            )
-        )
+    for index, d in enumerate(body.documents):
+        where = d.id or f"documents[{index}]"
+        try:  # as a record of an uploaded JSONL file: one bad document fails alone
+            check_record(where, d.text, d.title, d.metadata, settings.max_document_bytes)
+        except RagserveError as exc:
+            items.append(IngestFailure.of(where, exc))
+            continue
+        doc_id = d.id or document_id_for(d.text)
+        items.append(Document(id=doc_id, text=d.text, title=d.title, metadata=d.metadata))
     return items
+
+
+@dataclass
+class _Parsing:
+    """The app's parser processes, and the threads that wait on them (bounded)."""
+
+    pool: ParsePool
+    threads: CapacityLimiter
+
+    async def parse(self, data: bytes, name: str, content_type: str | None) -> list[Item]:
+        return await to_thread.run_sync(
+            self.pool.parse, data, name, content_type, limiter=self.threads
+        )
+
+
+def _parsing(request: Request, settings: Settings) -> _Parsing:
+    parsing: _Parsing | None = getattr(request.app.state, "parsing", None)
+    if parsing is None:  # created on the event loop: no race
+        pool = ParsePool(Limits.from_settings(settings), workers=settings.parse_workers,
+                         max_waiting=PARSE_WAITING)  # fmt: skip
+        parsing = _Parsing(pool, CapacityLimiter(pool.workers + PARSE_WAITING))
+        request.app.state.parsing = parsing
+    return parsing
+
+
+#: Uploads that may wait for a parser process (each on a thread); more get 429.
+PARSE_WAITING = 16
 
 
 @collections_router.post(
@@ -340,6 +393,7 @@ def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
         raise PayloadTooLarge(
             f"{len(texts)} inputs; the limit is {svc.settings.max_documents_per_request}"
         )
+    check_texts(texts, "input")  # a bad text fails this request alone, not its batch-mates
     embedder = svc.embedder(body.model)
     if body.dimensions is not None and body.dimensions > embedder.dimension:
         raise InvalidInput(
@@ -380,6 +434,8 @@ def _rerank(body: s.RerankIn, svc: RetrievalService) -> s.RerankOut:
         )
     if len(body.query) > svc.settings.max_query_chars:
         raise InvalidInput(f"query is longer than {svc.settings.max_query_chars} characters")
+    check_text(body.query, "query")  # a bad text fails this request alone, not its batch-mates
+    check_texts(texts, "documents")
     logits = svc.rerank(body.query, texts, body.model)
     scores = sigmoid(logits)
     order = np.argsort(-logits, kind="stable")[: body.top_n or len(texts)]
