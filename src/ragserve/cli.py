@@ -277,7 +277,20 @@ def serve(
     if host is not None or port is not None:
         given = {"host": host, "port": port}  # port 0: the system picks a free port
         s = s.model_copy(update={k: v for k, v in given.items() if v is not None})
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=log_level, access_log=False)
+    failures: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop(reason: str) -> None:  # start-up failed: stop serving, exit non-zero below
+        failures.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    api = create_app(s, on_startup_failure=stop)
+    config = uvicorn.Config(api, host=s.host, port=s.port, log_level=log_level, access_log=False)
+    server = uvicorn.Server(config)  # the loader (which may call stop) starts in its lifespan
+    server.run()
+    if failures:
+        raise fail(f"start-up failed: {failures[0]}")
 
 
 @config_app.command("show")

@@ -12,7 +12,9 @@
     ├── Conflict                       409  e.g. collection exists with another embedder
     ├── Unauthorized                   401
     ├── Overloaded                     429  bounded work queue is full (Retry-After)
+    ├── InsufficientStorage            507  the disk is full: the write was not stored
     └── Unavailable                    503  not ready, store down
+        ├── StoreDamaged                    a damaged database file: the store is read-only
         ├── ModelNotCached                  `ragserve models pull NAME` fixes it
         ├── ModelIntegrityError             a cached file no longer matches its hash
         └── ModelSourceError                no source could provide a model
@@ -89,6 +91,16 @@ class Unavailable(RagserveError):
     status_code = 503
     error_type = "unavailable"
     public = True
+
+
+class InsufficientStorage(RagserveError):
+    status_code = 507
+    error_type = "insufficient_storage"
+    public = True
+
+
+class StoreDamaged(Unavailable):
+    error_type = "store_damaged"
 
 
 class ModelNotCached(Unavailable):

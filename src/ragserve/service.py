@@ -55,6 +55,8 @@ class IngestResult:
     chunks: int = 0
     error: str | None = None
     source: str | None = None
+    #: The error's type (``RagserveError.error_type``) when the store refused the write.
+    error_type: str | None = None
 
 
 @dataclass
@@ -367,7 +369,9 @@ class RetrievalService:
                 clock.store += time.perf_counter() - started
                 if not exc.public:
                     raise
-                yield IngestResult(item.document.id, "failed", error=exc.message)
+                yield IngestResult(
+                    item.document.id, "failed", error=exc.message, error_type=exc.error_type
+                )
             else:
                 clock.store += time.perf_counter() - started
                 clock.documents += 1

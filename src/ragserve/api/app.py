@@ -2,7 +2,11 @@
 
 Start-up never blocks on models: the lifespan opens the store and loads models in a background
 thread, ``/healthz`` answers at once, and ``/readyz`` turns 200 when everything is loaded (503 with
-the reason until then, or for good when a model is missing from the cache).
+the reason until then, or for good when a model is missing from the cache). A start-up failure
+(a damaged database, a data directory another server holds, a missing model) calls
+``on_startup_failure``: ``ragserve serve`` passes one that stops the server, which then exits
+non-zero with the reason. After start-up, ``/readyz`` is 503 while the store cannot take writes
+(a full disk, a damaged file: :class:`~ragserve.store.sqlite_health.ReportsHealth`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,6 +32,7 @@ from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
 from ragserve.service import RetrievalService
+from ragserve.store.sqlite_health import ReportsHealth
 
 log = logging.getLogger("ragserve.api")
 
@@ -41,6 +46,18 @@ class Readiness:
     failed: bool = False
     started: float = field(default_factory=time.perf_counter)
     service: RetrievalService | None = None
+    on_failure: Callable[[str], None] | None = None
+
+    def status(self) -> tuple[bool, str]:
+        """What ``/readyz`` answers: loaded, and the store able to take writes."""
+        if not self.ready:
+            return False, self.reason
+        store = self.service.store if self.service is not None else None
+        if isinstance(store, ReportsHealth):
+            problem = store.write_problem()
+            if problem is not None:
+                return False, problem
+        return True, "ready"
 
 
 def _load(settings: Settings, state: Readiness, service: RetrievalService | None) -> None:
@@ -56,6 +73,11 @@ def _load(settings: Settings, state: Readiness, service: RetrievalService | None
     except RagserveError as exc:
         state.failed, state.reason = True, exc.message if exc.public else "start-up failed"
         log.error("start-up failed: %s", exc)
+    except Exception as exc:  # the loader thread must not die silently
+        state.failed, state.reason = True, f"start-up failed: {type(exc).__name__}: {exc}"
+        log.exception("start-up failed")
+    if state.failed and state.on_failure is not None:
+        state.on_failure(state.reason)
 
 
 def create_app(
@@ -63,14 +85,17 @@ def create_app(
     service: RetrievalService | None = None,
     *,
     observability: bool = True,
+    on_startup_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """Build the app. Pass ``service`` to serve an existing core (tests, embedding in a program).
+
+    ``on_startup_failure(reason)`` is called (on the loader thread) if start-up fails.
 
     ``observability=False`` leaves out ``/metrics``, ``/v1/stats``, the access log and the
     request-id middleware (``bench/metrics_overhead.py`` compares the two).
     """
     settings = settings or (service.settings if service else Settings())
-    state = Readiness(service=service)
+    state = Readiness(service=service, on_failure=on_startup_failure)
     admission = Admission.from_settings(settings)
 
     @asynccontextmanager

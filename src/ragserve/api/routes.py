@@ -123,12 +123,11 @@ async def readyz(request: Request) -> JSONResponse:
     loads = {}
     if state.service is not None:
         loads = {name: rec.seconds for name, rec in state.service.models.loads.items()}
+    ready, reason = state.status()
     body = s.Readiness(
-        status="ready" if state.ready else "not_ready",
-        reason=None if state.ready else state.reason,
-        models=loads,
+        status="ready" if ready else "not_ready", reason=None if ready else reason, models=loads
     )
-    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 # ------------------------------------------------------------------------------ collections
@@ -286,16 +285,31 @@ PARSE_WAITING = 16
     response_model=s.DocumentsOut,
     openapi_extra=_DOCUMENTS_BODY,
 )
-async def add_documents(name: CollectionName, request: Request, svc: Service) -> s.DocumentsOut:
-    """Add or update documents (JSON records or uploaded files); one result per document."""
+async def add_documents(
+    name: CollectionName, request: Request, svc: Service
+) -> s.DocumentsOut | JSONResponse:
+    """Add or update documents (JSON records or uploaded files); one result per document.
+
+    When the store could not take a write (507 disk full, 503 damaged, read-only), the answer
+    has that status, the error, and still one result per document: those stored say so."""
     items = await _documents_from_request(request, svc)
     results = await admitted(request, Kind.INGEST, lambda: svc.ingest(name, items))
-    return s.DocumentsOut(
+    out = s.DocumentsOut(
         results=[
             s.DocumentResult(id=r.id, status=r.status, chunks=r.chunks, error=r.error)
             for r in results
         ]
     )
+    refused = next((r for r in results if r.error_type in _STORE_REFUSALS), None)
+    if refused is None:
+        return out
+    error = {"type": refused.error_type, "message": refused.error}
+    body = {"error": error, **out.model_dump()}
+    return JSONResponse(body, status_code=_STORE_REFUSALS[refused.error_type or ""])
+
+
+#: Errors of a store that cannot take writes -> the status of an ingest answer that met one.
+_STORE_REFUSALS = {"insufficient_storage": 507, "store_damaged": 503}
 
 
 @collections_router.get(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -73,14 +74,19 @@ from ragserve.store.base import (
     check_upsert,
 )
 from ragserve.store.sqlite_filters import to_sql
+from ragserve.store.sqlite_health import StoreHealth, check_database, guarded
 from ragserve.store.sqlite_index import IndexKeeper
-from ragserve.store.sqlite_lexical import LexicalKeeper
+from ragserve.store.sqlite_lexical import LexicalKeeper, tantivy_failure
 from ragserve.types import Chunk, Document
 
 if TYPE_CHECKING:
     from ragserve.config import Settings
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+#: Seconds a collection's lexical searches go to FTS5 after its tantivy index failed.
+LEXICAL_RETRY = 10.0
 FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 _SCHEMA = """
@@ -188,8 +194,17 @@ class SqliteStore(SearchByRefs):
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock_file.close()
-            raise Unavailable(f"{self.data_dir} is in use by another process") from None
+            raise Unavailable(
+                f"{self.data_dir} is in use by another process (a ragserve server or command "
+                "holds its ragserve.lock): stop it, or use another data directory"
+            ) from None
         self.path = self.data_dir / "ragserve.db"
+        self.health = StoreHealth(self.path)
+        try:
+            check_database(self.path)
+        except RagserveError:
+            self._lock_file.close()
+            raise
         self._write_lock = threading.RLock()
         #: Chunk rowid -> (document id, chunk index), for turning index hits into refs without
         #: a query per search. Rowids are never reused (AUTOINCREMENT) and a chunk row never
@@ -215,6 +230,18 @@ class SqliteStore(SearchByRefs):
             raise InvalidInput(f"unknown lexical index {lexical_index!r}; valid: tantivy, fts5")
         self.lexical_index = lexical_index
         self._lexical = LexicalKeeper(self._writer, self.data_dir / "lexical")
+        #: Collection id -> when its tantivy index may be tried again after a failure.
+        self._lexical_retry: dict[int, float] = {}
+        try:
+            self._init_schema()
+        except BaseException as exc:
+            self.close()
+            translated = self.health.translate(exc)
+            if translated is None:
+                raise
+            raise translated from None
+
+    def _init_schema(self) -> None:
         self._writer.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective on a new file
         self._writer.execute("PRAGMA journal_mode = WAL")
         self._writer.executescript(_SCHEMA)
@@ -225,7 +252,6 @@ class SqliteStore(SearchByRefs):
             "SELECT value FROM meta WHERE key = 'schema_version'"
         ).fetchone()
         if int(version) != SCHEMA_VERSION:
-            self.close()
             raise Unavailable(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
 
     @classmethod
@@ -260,17 +286,28 @@ class SqliteStore(SearchByRefs):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The writer connection inside ``BEGIN IMMEDIATE`` (caller holds the write lock)."""
+        """The writer connection inside ``BEGIN IMMEDIATE`` (caller holds the write lock).
+
+        Refused (before touching the file) once the database is known to be damaged. A failed
+        COMMIT (a full disk) is rolled back; SQLite may have rolled back already.
+        """
         if self._closed:
             raise Unavailable("the store is closed")
+        self.health.check_writable()
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+
+    def write_problem(self) -> str | None:
+        """Why writes cannot succeed now (damaged file, full disk), or None."""
+        return self.health.problem()
 
     # ------------------------------------------------------------------ collections
 
@@ -305,6 +342,7 @@ class SqliteStore(SearchByRefs):
         ).fetchone()
         return CollectionInfo(c.name, c.embedder, c.dimension, c.created_at, docs, chunks)
 
+    @guarded
     def create_collection(self, name: str, embedder: str, dimension: int) -> CollectionInfo:
         check_collection_name(name)
         check_dimension(dimension)
@@ -332,6 +370,7 @@ class SqliteStore(SearchByRefs):
                 )
             return self._info(conn, self._collection_row(conn, name))  # not cached: uncommitted
 
+    @guarded
     def list_collections(self) -> list[CollectionInfo]:
         conn = self._reader()
         rows = conn.execute(
@@ -339,13 +378,16 @@ class SqliteStore(SearchByRefs):
         ).fetchall()
         return [self._info(conn, _Collection(*row)) for row in rows]
 
+    @guarded
     def get_collection(self, name: str) -> CollectionInfo:
         conn = self._reader()
         return self._info(conn, self._collection(conn, name))
 
+    @guarded
     def collection_embedder(self, name: str) -> str:
         return self._collection(self._reader(), name).embedder
 
+    @guarded
     def delete_collection(self, name: str) -> None:
         with self._write_lock:
             with self._transaction() as conn:
@@ -363,6 +405,7 @@ class SqliteStore(SearchByRefs):
 
     # ------------------------------------------------------------------ documents
 
+    @guarded
     def upsert_document(
         self,
         collection: str,
@@ -424,8 +467,7 @@ class SqliteStore(SearchByRefs):
                 conn.execute(
                     "UPDATE collections SET generation = generation + 1 WHERE id = ?", (c.id,)
                 )
-            self._apply(c, index, removed, added, matrix)
-            self._lexical.apply(c.id, removed, added, [ch.text for ch in chunks])
+            self._mirror(c, index, removed, added, matrix, [ch.text for ch in chunks])
             return outcome
 
     def _delete_chunks(self, conn: sqlite3.Connection, cid: int, doc_row: int) -> ann.Keys:
@@ -438,6 +480,7 @@ class SqliteStore(SearchByRefs):
         conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_row,))
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    @guarded
     def get_document_hash(self, collection: str, document_id: str) -> str | None:
         conn = self._reader()
         c = self._collection(conn, collection)
@@ -447,6 +490,7 @@ class SqliteStore(SearchByRefs):
         ).fetchone()
         return None if row is None else str(row[0])
 
+    @guarded
     def get_document(self, collection: str, document_id: str) -> StoredDocument:
         conn = self._reader()
         c = self._collection(conn, collection)
@@ -472,6 +516,7 @@ class SqliteStore(SearchByRefs):
         )
         return StoredDocument(row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], chunks)
 
+    @guarded
     def delete_document(self, collection: str, document_id: str) -> None:
         check_document_id(document_id)
         with self._write_lock:
@@ -491,8 +536,7 @@ class SqliteStore(SearchByRefs):
                 )
             empty = np.zeros((0, c.dimension), dtype=np.float32)
             none = np.zeros(0, dtype=np.int64)
-            self._apply(c, index, removed, none, empty)
-            self._lexical.apply(c.id, removed, none, [])
+            self._mirror(c, index, removed, none, empty, [])
 
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` with its chunks and vectors (for migrations)."""
@@ -532,6 +576,7 @@ class SqliteStore(SearchByRefs):
 
     # ------------------------------------------------------------------ search
 
+    @guarded
     def dense_refs(
         self, collection: str, vector: Vectors, k: int, filter: FilterArg = None
     ) -> list[ChunkRef]:
@@ -550,6 +595,7 @@ class SqliteStore(SearchByRefs):
             keys, scores = index.search_filtered(query, k, allowed, self.exact_search_below)
         return self._refs(conn, keys.tolist(), scores.tolist())
 
+    @guarded
     def lexical_refs(
         self, collection: str, query_text: str, k: int, filter: FilterArg = None
     ) -> list[ChunkRef]:
@@ -566,14 +612,36 @@ class SqliteStore(SearchByRefs):
         allowed = None if node is None else self._allowed(conn, c, node)
         if allowed is not None and len(allowed) == 0:
             return []
-        index = self._lexical.indexes.get(c.id)
-        if index is None or index.dirty:
-            with self._write_lock:  # a stable database state while loading or committing
-                index = self._lexical.get(c.id)
-                self._lexical.commit(c.id)
-        keys, scores = index.search(words, k, allowed)
-        return self._refs(conn, keys, scores)
+        if time.monotonic() >= self._lexical_retry.get(c.id, 0.0):
+            try:
+                index = self._lexical.indexes.get(c.id)
+                if index is None or index.dirty:
+                    with self._write_lock:  # a stable database state while loading or committing
+                        index = self._lexical.get(c.id)
+                        self._lexical.commit(c.id)
+                keys, scores = index.search(words, k, allowed)
+                return self._refs(conn, keys, scores)
+            except BaseException as exc:
+                if not tantivy_failure(exc):
+                    raise
+                self._lexical_failed(c.id, exc)
+        rows = self._fts5_search(conn, c, words, k, node)  # same BM25, from SQLite itself
+        return self._refs(conn, [r[0] for r in rows], [float(r[1]) for r in rows])
 
+    def _lexical_failed(self, cid: int, exc: BaseException) -> None:
+        """A tantivy index failed (damaged files, full disk): forget it (derived data: rebuilt
+        from SQLite at its next use, in ``LEXICAL_RETRY`` seconds); FTS5 answers meanwhile."""
+        log.error(
+            "lexical index of collection %d failed (%s): FTS5 answers, rebuild in %.0f s",
+            cid,
+            exc,
+            LEXICAL_RETRY,
+        )
+        with self._write_lock:
+            self._lexical.discard(cid)
+        self._lexical_retry[cid] = time.monotonic() + LEXICAL_RETRY
+
+    @guarded
     def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
         conn = self._reader()
         c = self._collection(conn, collection)
@@ -667,22 +735,44 @@ class SqliteStore(SearchByRefs):
         with self._write_lock:  # a stable database state while loading
             return self._keeper.get(c.id, c.dimension)
 
-    def _apply(
+    def _mirror(
         self,
         c: _Collection,
         index: ann.DenseIndex,
         removed: ann.Keys,
         added: ann.Keys,
         vectors: Vectors,
+        texts: Sequence[str],
     ) -> None:
-        """Mirror a committed write in the dense index (caller holds the write lock)."""
-        self._keeper.apply(c.id, c.dimension, index, removed, added, vectors)
+        """Mirror a committed write in the derived indexes (caller holds the write lock).
 
+        The write is committed: a failure here (a full disk while an index grows into HNSW or
+        saves) must not report it as failed. The failing index is dropped instead and rebuilt
+        from SQLite at its next use.
+        """
+        try:
+            self._keeper.apply(c.id, c.dimension, index, removed, added, vectors)
+        except Exception as exc:  # noqa: BLE001 - derived data; the keeper dropped the index
+            log.error("dense index of collection %d dropped after a failure: %s", c.id, exc)
+        try:
+            self._lexical.apply(c.id, removed, added, texts)
+        except BaseException as exc:
+            if not tantivy_failure(exc):
+                raise
+            self._lexical_failed(c.id, exc)
+
+    @guarded
     def flush(self) -> None:
         """Save every HNSW index changed since it was last saved; commit the lexical indexes."""
         with self._write_lock:
             self._keeper.flush()
-            self._lexical.flush()
+            for cid in list(self._lexical.indexes):
+                try:
+                    self._lexical.commit(cid)
+                except BaseException as exc:
+                    if not tantivy_failure(exc):
+                        raise
+                    self._lexical_failed(cid, exc)
 
     def close(self) -> None:
         with self._write_lock:

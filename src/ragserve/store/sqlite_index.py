@@ -11,6 +11,7 @@ indexes themselves and the manifest.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from ragserve.store import sqlite_ann as ann
 from ragserve.store.base import Vectors
+
+log = logging.getLogger(__name__)
 
 
 class IndexKeeper:
@@ -166,12 +169,27 @@ class IndexKeeper:
         return loaded, saved_keys, manifest.generation
 
     def _save_index(self, cid: int, index: ann.DenseIndex) -> None:
-        """Persist an HNSW index, its live keys and the manifest tying them to the database."""
+        """Persist an HNSW index, its live keys and the manifest tying them to the database.
+
+        A save that fails (a full disk) leaves no manifest: the index in memory stays right,
+        and the next open rebuilds from SQLite.
+        """
         if not isinstance(index.inner, ann.HnswIndex):
             return
         generation, keys = self._state(cid)
-        index_path, manifest_path, keys_path = self._ann_paths(cid)
+        manifest_path = self._ann_paths(cid)[1]
         manifest_path.unlink(missing_ok=True)  # never a manifest describing a half-written file
+        try:
+            self._write_index(cid, index, generation, keys)
+        except (OSError, RuntimeError) as exc:
+            manifest_path.unlink(missing_ok=True)
+            log.error("dense index of collection %d not saved (%s): rebuilt at next open", cid, exc)
+
+    def _write_index(
+        self, cid: int, index: ann.DenseIndex, generation: int, keys: ann.Keys
+    ) -> None:
+        assert isinstance(index.inner, ann.HnswIndex)
+        index_path, manifest_path, keys_path = self._ann_paths(cid)
         with index.lock:
             digest = index.inner.save(index_path)
         keys_digest = ann.save_keys(keys, keys_path)

@@ -8,8 +8,12 @@ block-max WAND skips what cannot reach the top k (~0.4 ms, same BM25: k1 1.2, b 
 
 Layout: ``lexical/<collection id>/`` (the tantivy index) and ``lexical/<id>.json`` (manifest:
 format, tantivy version, the collection's generation and chunk count at the last commit). At
-open, an index whose manifest matches the database is used as is; anything else (missing,
-older, damaged, other version) is rebuilt from the chunks table (~2 s per 100,000 chunks).
+open, an index whose manifest matches the database and whose files pass :func:`verify_files`
+(every file ``meta.json`` names exists and matches the CRC32 in tantivy's own footer) is used as
+is; anything else (missing, older, damaged, other version) is rebuilt from the chunks table (~2 s
+per 100,000 chunks). A tantivy error at run time (a file deleted or damaged under a running
+process, a full disk at commit) makes the store drop the index and answer from FTS5 until it is
+rebuilt (see ``SqliteStore.lexical_refs``): :func:`tantivy_failure` says which errors are those.
 
 Writes are mirrored after each SQLite commit and committed to tantivy lazily: before the next
 search that needs them, on ``flush()`` and on close. A process that dies in between leaves a
@@ -23,6 +27,8 @@ import json
 import logging
 import shutil
 import sqlite3
+import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -37,6 +43,63 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 ANALYZER = "ragserve_en"
 WRITER_HEAP = 32_000_000  # bytes buffered before tantivy writes a segment
+#: The files of one segment of this schema (tantivy's SegmentComponent), besides deletes.
+COMPONENTS = ("idx", "pos", "term", "store", "fast", "fieldnorm")
+_FOOTER_MAGIC = 1337
+
+
+def tantivy_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is how tantivy reports damaged files or a failed write: a ValueError
+    (its errors), an OSError, or a Rust panic (pyo3's PanicException, a BaseException)."""
+    return isinstance(exc, (ValueError, OSError)) or type(exc).__name__ == "PanicException"
+
+
+def verify_files(directory: Path) -> str | None:
+    """What is wrong with a tantivy index directory, or None: every segment file that
+    ``meta.json`` names must exist and match the CRC32 in its footer (tantivy's own checksum,
+    what ``Index::validate_checksum`` checks). Reads every byte once (~1 GB/s)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        names = []
+        for segment in meta["segments"]:
+            sid = str(segment["segment_id"]).replace("-", "")
+            names += [f"{sid}.{ext}" for ext in COMPONENTS]
+            if segment.get("deletes"):
+                names.append(f"{sid}.{int(segment['deletes']['opstamp'])}.del")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"meta.json unreadable: {exc}"
+    for name in names:
+        problem = _check_file(directory / name)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def _check_file(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, 2)
+            if size < 8:
+                return "truncated"
+            fh.seek(size - 8)
+            length, magic = struct.unpack("<II", fh.read(8))
+            if magic != _FOOTER_MAGIC or length + 8 > size:
+                return "no tantivy footer"
+            body = size - 8 - length
+            fh.seek(body)
+            expected = json.loads(fh.read(length))["crc"]
+            fh.seek(0)
+            crc, left = 0, body
+            while left:
+                block = fh.read(min(left, 1 << 20))
+                if not block:
+                    return "truncated"
+                crc, left = zlib.crc32(block, crc), left - len(block)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable ({exc})"
+    return None if crc == expected else "checksum mismatch"
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -199,6 +262,10 @@ class LexicalKeeper:
         directory, manifest_path = self._paths(cid)
         expected = self._expected(cid)
         if Manifest.read(manifest_path) == expected and directory.is_dir():
+            problem = verify_files(directory)
+            if problem is not None:
+                log.warning("lexical index %s damaged (%s): rebuilding", directory, problem)
+                return self._rebuild(cid, expected)
             try:
                 index = LexicalIndex(directory)
                 if index.count() == expected.count:
@@ -243,6 +310,17 @@ class LexicalKeeper:
     def flush(self) -> None:
         for cid in list(self.indexes):
             self.commit(cid)
+
+    def discard(self, cid: int) -> None:
+        """Forget a failed index: its manifest goes, so its next load rebuilds it."""
+        index = self.indexes.pop(cid, None)
+        if index is not None:
+            try:
+                index.close()
+            except BaseException as exc:
+                if not tantivy_failure(exc):
+                    raise
+        self._paths(cid)[1].unlink(missing_ok=True)
 
     def drop(self, cid: int) -> None:
         index = self.indexes.pop(cid, None)
