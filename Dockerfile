@@ -1,32 +1,78 @@
 # syntax=docker/dockerfile:1
 # Multi-stage: the build stage installs ragserve into a virtualenv and pulls the models into the
 # image; the runtime stage carries only that virtualenv and the model cache (no compilers, no
-# torch), runs as a non-root user and starts offline.
+# pip, no torch), runs as a non-root user and starts offline.
+#
+# Bases: by default a minimal Debian 12 (bookworm, python3 3.11) made from Debian packages by
+# scripts/make-base-image (no registry needed): BUILD_BASE adds python3-venv, BASE has python3
+# only. With Docker Hub at hand any Python 3.11 image works for both:
+#   docker build --build-arg BASE=python:3.11-slim-bookworm \
+#                --build-arg BUILD_BASE=python:3.11-slim-bookworm -t ragserve .
+# scripts/image-check builds, starts and checks the image (podman or docker).
 
-ARG PYTHON=python:3.11-slim-bookworm
+ARG BASE=localhost/ragserve-base:bookworm
+ARG BUILD_BASE=localhost/ragserve-base:bookworm-build
 
-FROM ${PYTHON} AS build
-# Optional extras baked in, e.g. `--build-arg EXTRAS=postgres` (docker-compose.yml does).
-ARG EXTRAS=""
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM ${BUILD_BASE} AS build
+# Extras baked in: `hub` by default, as `make serve` installs (huggingface_hub is a dependency of
+# tokenizers anyway); `--build-arg EXTRAS=hub,postgres` for the PostgreSQL store (compose does).
+ARG EXTRAS=hub
+# PIP_CERT: pip trusts the system CA store (a build behind a TLS-inspecting proxy mounts its
+# bundle there; scripts/image-check does). The runtime stage does not inherit this ENV.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN python -m venv /opt/ragserve \
- && /opt/ragserve/bin/pip install --upgrade pip \
- && /opt/ragserve/bin/pip install ".${EXTRAS:+[$EXTRAS]}"
+RUN python3 -m venv /opt/ragserve \
+ && /opt/ragserve/bin/pip install --quiet --upgrade pip \
+ && /opt/ragserve/bin/pip install --quiet ".${EXTRAS:+[$EXTRAS]}"
 # The preload step: models go into the image, verified against their pinned sha256.
-ENV RAGSERVE_MODEL_DIR=/opt/models
 # --warm loads each model once, so ONNX Runtime's optimized graph is saved into the image too
 # (the runtime user cannot write /opt/models; loads then skip graph optimization).
-# The runtime needs no installer in its virtualenv. The bytecode pip compiled stays: the
-# runtime user cannot write it, and compiling every import at each start would slow it.
+# Then the virtualenv loses what serving never runs (the image must stay under 500 MB; each line
+# saved what it says on the default build):
+# - the installer (pip, setuptools, wheel);
+# - ONNX Runtime's C API library (35 MB: the Python module carries its own copy, linked in) and
+#   its model-tooling packages transformers/ and tools/ (`ragserve models export`, which needs
+#   the export extra and torch, is not served from the image);
+# - hf_xet (11 MB), the hub's transfer backend (the image starts with HF_HUB_OFFLINE=1);
+# - babel's locale data but English (34 MB; courlan asks babel only for URL language filters,
+#   which ragserve does not use, and handles an unknown locale);
+# - C/Cython sources, headers, type stubs, test suites;
+# - debug symbols of the extension modules (strip --strip-unneeded, where binutils is there:
+#   the Debian build base has it; ~28 MB). Not the libraries auditwheel vendored in *.libs/:
+#   stripping numpy's OpenBLAS leaves it unloadable ("ELF load command ... not page-aligned").
+# The bytecode pip compiled stays: the runtime user cannot write it, and compiling every import
+# at each start would slow it.
+ENV RAGSERVE_MODEL_DIR=/opt/models
 RUN /opt/ragserve/bin/ragserve models pull --warm \
  && rm -f /opt/models/.lock-* \
- && /opt/ragserve/bin/python -m pip uninstall --quiet -y pip setuptools
+ && /opt/ragserve/bin/python -m pip uninstall --quiet -y pip setuptools wheel \
+ && cd /opt/ragserve/lib/python3*/site-packages \
+ && rm -rf pip pip-*.dist-info setuptools setuptools-*.dist-info wheel wheel-*.dist-info \
+           _distutils_hack distutils-precedence.pth /opt/ragserve/bin/pip* \
+           onnxruntime/capi/libonnxruntime.so.* onnxruntime/transformers onnxruntime/tools \
+           hf_xet hf_xet-*.dist-info \
+ && { [ ! -d babel/locale-data ] || find babel/locale-data -type f ! -name root.dat \
+        ! -name en.dat ! -name 'en_*.dat' -delete; } \
+ && find . \( -name '*.c' -o -name '*.cpp' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \
+        -o -name '*.pyi' \) -type f -delete \
+ && find . -depth -mindepth 2 -type d -name tests -exec rm -rf {} + \
+ && if command -v strip >/dev/null; then \
+      find /opt/ragserve -name '*.so' -type f ! -path '*.libs/*' \
+        -exec strip --strip-unneeded {} +; fi
 
-FROM ${PYTHON} AS runtime
-RUN useradd --system --uid 10001 --home-dir /data --create-home ragserve
+FROM ${BASE} AS runtime
+# The base's own installer goes too where it has one (python:3.11-slim does; the Debian base
+# made by scripts/make-base-image has none, nor ensurepip's wheels).
+RUN groupadd --system --gid 10001 ragserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --create-home ragserve \
+ && rm -rf /usr/local/lib/python3*/site-packages/pip* \
+           /usr/local/lib/python3*/site-packages/setuptools* \
+           /usr/local/lib/python3*/site-packages/wheel* \
+           /usr/local/lib/python3*/ensurepip /usr/local/bin/pip* \
+           /usr/lib/python3*/ensurepip /usr/share/python-wheels
 COPY --from=build /opt/ragserve /opt/ragserve
 COPY --from=build /opt/models /opt/models
 ENV PATH=/opt/ragserve/bin:$PATH \
@@ -40,6 +86,7 @@ USER ragserve
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
+# Podman keeps a HEALTHCHECK only in the docker image format (`podman build --format docker`).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
 CMD ["ragserve", "serve"]
