@@ -88,9 +88,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Worker threads for the light blocking handlers (collections, documents by "
-        "id); searches, ingest and model calls have threads of their own "
-        "(`RAGSERVE_*_WORKERS`). Each holds a store connection and its page cache: RSS at "
-        "concurrency 64 was 300 MB with 40 threads and 253 MB with 8, at the same searches/s.",
+        "id); searches, ingest and model calls run on threads of their own, bounded by "
+        "`RAGSERVE_*_WORKERS`. Each thread that reads the store holds a connection and its page "
+        "cache.",
     )
     embedder_threads: int = Field(
         default=1,
@@ -166,7 +166,11 @@ class Settings(BaseSettings):
         default=True, description="Embed each chunk with its title and heading path before it."
     )
     max_document_bytes: int = Field(
-        default=50 * 1024 * 1024, ge=1, description="Largest file or record accepted."
+        default=50 * 1024 * 1024,
+        ge=1,
+        description="Largest document: a file or upload, a JSONL line, a JSON record or posted "
+        "document (text + title + metadata). A larger one fails alone (a `failed` result with "
+        "the limit in its error); the others are stored.",
     )
     max_document_chars: int = Field(
         default=5_000_000,
@@ -183,8 +187,8 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="Processes that parse uploaded files (started on first use); more uploads "
-        "wait for one.",
+        description="Processes that parse uploaded files (started on first use); up to 16 more "
+        "uploads wait for one, beyond that 429.",
     )
     parse_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a parser process may spend on one file."
@@ -207,7 +211,10 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1024, description="Largest request body."
     )
     max_documents_per_request: int = Field(
-        default=1000, ge=1, description="Most documents (or inputs) in one request."
+        default=1000,
+        ge=1,
+        description="Most documents or uploaded files in one ingest request, inputs of one "
+        "`/v1/embeddings` call, documents of one `/v1/rerank` call; more: 413.",
     )
     max_query_chars: int = Field(default=4096, ge=1, description="Longest query.")
     max_top_k: int = Field(default=1000, ge=1, description="Largest `top_k`.")
