@@ -670,5 +670,75 @@ def migrate_cmd(
         )
 
 
+# ------------------------------------------------------------------------------ backups
+
+store_app = typer.Typer(no_args_is_help=True, help="Repair the embedded store.")
+app.add_typer(store_app, name="store")
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="The store's directory (RAGSERVE_DATA_DIR).")
+]
+
+
+def _embedded_data_dir(data_dir: Path | None) -> Path:
+    s = settings()
+    if s.store != "sqlite":
+        raise fail(f"the {s.store} store is backed up with its own tools (pg_dump for postgres)")
+    return data_dir or s.data_dir
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="A new or empty directory.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Back up the embedded store (consistent, also while a server is serving it)."""
+    from ragserve.store.sqlite_backup import backup as run_backup
+
+    try:
+        info = run_backup(_embedded_data_dir(data_dir), dest)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    for name, counts in info.collections.items():
+        console.print(f"{name}: {counts['documents']} documents, {counts['chunks']} chunks")
+    console.print(f"backed up to {dest} in {info.seconds:.2f} s ({_size(info.db_bytes)})")
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="A directory made by `ragserve backup`.")],
+    data_dir: DataDir = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing store (its files are moved aside).")
+    ] = False,
+) -> None:
+    """Restore a backup into the data directory (stop the server first)."""
+    from ragserve.store.sqlite_backup import restore as run_restore
+
+    target = _embedded_data_dir(data_dir)
+    try:
+        info, aside = run_restore(src, target, force=force)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    if aside is not None:
+        console.print(f"the replaced store's files are in {aside}")
+    for name, counts in info.collections.items():
+        console.print(f"{name}: {counts['documents']} documents, {counts['chunks']} chunks")
+    console.print(f"restored {src} into {target}")
+
+
+@store_app.command("repair")
+def store_repair(data_dir: DataDir = None) -> None:
+    """Salvage the readable rows of a damaged database into a fresh one (stop the server)."""
+    import json
+
+    from ragserve.store.sqlite_backup import repair
+
+    try:
+        report = repair(_embedded_data_dir(data_dir))
+    except RagserveError as exc:
+        raise fail(exc) from None
+    console.print_json(json.dumps(report))
+
+
 if __name__ == "__main__":
     app()
