@@ -778,7 +778,7 @@ class SqliteStore(SearchByRefs):
         with self._write_lock:
             if self._closed:
                 return
-            with suppress(sqlite3.Error, OSError):
+            with suppress(sqlite3.Error, OSError, RagserveError):  # a full disk: rebuilt later
                 self.flush()
             self._closed = True
             with self._conns_lock:
