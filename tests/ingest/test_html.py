@@ -32,16 +32,16 @@ def test_the_marked_main_element_is_kept_whole_lists_included() -> None:
 def test_without_semantic_markup_the_heuristics_drop_the_boilerplate() -> None:
     article = " ".join(["Retrieval grounds a language model in the documents it finds."] * 6)
     page = (
-        "<html><body><div><a href='/'>Home</a> | <a href='/a'>About</a> | "
-        "<a href='/c'>Contact</a></div><div><h1>Grounding</h1>"
+        "<html><body><div class='menu'><a href='/'>Home</a> | <a href='/a'>About</a> | "
+        "<a href='/c'>Contact</a></div><div class='post'><h1>Grounding</h1>"
         f"<p>{article}</p><p>See <a href='/x'>this page</a> for more.</p></div>"
-        "<div>Copyright 2026 Example</div></body></html>"
+        "<div class='footer'>Copyright 2026 Example</div></body></html>"
     ).encode()
     content = extract_html(page)
     assert content.method == "heuristic"
     joined = " ".join(texts(page))
     assert article in joined and "Grounding" in joined
-    assert "Contact" not in joined and "|" not in joined
+    assert "Contact" not in joined and "Copyright" not in joined
     assert "See this page for more." in joined  # a link inside a sentence is content
 
 

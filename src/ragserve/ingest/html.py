@@ -25,8 +25,6 @@ from selectolax.lexbor import LexborHTMLParser
 
 CHROME = "script, style, noscript, template, nav, aside, footer, form, [role=navigation]"
 MAIN = ("main", "[role=main]", "article")
-#: Outside a marked main element, a block with more link text than this is navigation.
-MAX_LINK_SHARE = 0.6
 _HEADINGS = {f"h{i}": i for i in range(1, 7)}
 _WORD = re.compile(r"\w")  # separators left between dropped links ("|", "·") are no text
 
@@ -73,23 +71,14 @@ def _title(tree: LexborHTMLParser) -> str | None:
     return title or None
 
 
-def _link_share(node: Any) -> float:
-    text = len(" ".join(node.text().split()))
-    links = sum(len(" ".join(a.text().split())) for a in node.css("a"))
-    return links / text if text else 0.0
-
-
-def _blocks(minimal_html: str, *, max_link_share: float) -> list[Block]:
+def _blocks(minimal_html: str) -> list[Block]:
     """Blocks of resiliparse's minimal HTML (top-level h1-h6, p, pre, ul/ol of li, and bare
-    text such as table cells). A block that is mostly link text (a menu, a breadcrumb, a
-    "related posts" list) is dropped when its share of link text passes ``max_link_share``."""
+    text such as table cells)."""
     root = LexborHTMLParser(f"<body>{minimal_html}</body>").body
     blocks: list[Block] = []
     if root is None:
         return blocks
     for node in root.iter(include_text=True):
-        if node.tag != "-text" and _link_share(node) > max_link_share:
-            continue
         tag = node.tag
         if tag in _HEADINGS:
             blocks.append(Block(" ".join(node.text().split()), _HEADINGS[tag]))
@@ -111,11 +100,9 @@ def _extract(html: str, *, main_content: bool) -> list[Block]:
         preserve_formatting="minimal_html",
         main_content=main_content,
         list_bullets=True,  # keeps <ul>/<li> in the minimal HTML
-        links=True,  # keeps <a>, to measure each block's share of link text
         alt_texts=False,
     )
-    # Inside a marked main element every block is content; elsewhere link lists are chrome.
-    return _blocks(str(minimal), max_link_share=1.0 if not main_content else MAX_LINK_SHARE)
+    return _blocks(str(minimal))
 
 
 def extract_html(data: bytes) -> HtmlContent:

@@ -1,9 +1,9 @@
 """Parsers: bytes of one file (or one JSON record) -> a :class:`~ragserve.types.Document`.
 
 Formats and the library that carries each: plain text; Markdown (``markdown-it-py``: headings give
-the structure, the text is the rendered plain text, not the markup); HTML (``trafilatura`` keeps the
-main content and drops navigation chrome, its Markdown output then goes through the Markdown parser;
-``selectolax`` is the fallback when trafilatura finds no main content); PDF (``pypdf``: text per
+the structure, the text is the rendered plain text, not the markup); HTML (``selectolax`` and
+``resiliparse`` in :mod:`ragserve.ingest.html`: the main content as headings and blocks, chrome
+dropped); PDF (``pypdf``: text per
 page, one section per page); DOCX (``python-docx``: headings from the ``Heading N`` styles); JSON
 records (``id``, ``text``, optional ``title`` and ``metadata``).
 
@@ -23,7 +23,6 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -291,26 +290,8 @@ def _html_fragment_text(html: str) -> str:
     return (tree.body.text(separator=" ") if tree.body else tree.text(separator=" ")).strip()
 
 
-_CHROME = "script, style, noscript, template, nav, aside, footer, form, [role=navigation]"
-
-
-def _inside(node: Any, tags: tuple[str, ...]) -> bool:
-    parent = node.parent
-    while parent is not None:
-        if parent.tag in tags:
-            return True
-        parent = parent.parent
-    return False
-
-
-#: Pages with more tags than this skip trafilatura (its Python passes over the tree take seconds
-#: per 100,000 elements) and keep the body's text.
-HTML_EXTRACT_MAX_TAGS = 100_000
-
-
 def _parse_html(data: bytes, limits: Limits) -> _Parsed:
-    import trafilatura
-    from selectolax.lexbor import LexborHTMLParser as HTMLParser
+    from ragserve.ingest.html import extract_html
 
     # Every DOM node costs a few hundred bytes: a page of 5 million empty tags is 50 MB on disk
     # and gigabytes parsed. Counting "<" bounds the tags from above, before any parsing.
@@ -320,42 +301,16 @@ def _parse_html(data: bytes, limits: Limits) -> _Parsed:
             f"HTML with up to {tags:,} tags, over the limit of {limits.max_html_tags:,}: refused "
             "(max_html_tags)"
         )
-    tree = HTMLParser(data)
-    title_node = tree.css_first("title")
-    page_title = " ".join(title_node.text().split()) if title_node else ""
-    meta = trafilatura.extract_metadata(data) if tags <= HTML_EXTRACT_MAX_TAGS else None
-    # Semantic chrome goes before trafilatura looks for the main content (it keeps some chrome on
-    # short pages); a <header> inside an article or main holds the article's own heading: kept.
-    for node in tree.css(_CHROME):
-        node.decompose()
-    for node in tree.css("header"):
-        if not _inside(node, ("article", "main")):
-            node.decompose()
-    cleaned = (tree.html or "") if tags <= HTML_EXTRACT_MAX_TAGS else ""
-    extracted = cleaned and trafilatura.extract(
-        cleaned,
-        output_format="markdown",
-        include_formatting=True,
-        include_links=False,
-        include_images=False,
-        include_comments=False,
-        include_tables=True,
-        favor_recall=True,
-    )
-    if extracted and extracted.strip():
-        parsed = markdown_to_parsed(extracted)
-        parsed.title = (meta.title if meta is not None else None) or page_title or parsed.title
-        parsed.metadata["extractor"] = "trafilatura"
-        return parsed
-    # Fallback: the body's text, a block per line.
-    body = tree.body or tree.root
-    text = body.text(separator="\n") if body is not None else ""
+    content = extract_html(data)
     builder = _Builder()
-    for line in text.splitlines():
-        builder.block(" ".join(line.split()), "line")
+    for block in content.blocks:
+        if block.level:
+            builder.heading(block.level, block.text)
+        else:
+            builder.block(block.text, block.group)
     parsed = builder.build()
-    parsed.title = page_title or None
-    parsed.metadata["extractor"] = "selectolax"
+    parsed.title = content.title or parsed.title
+    parsed.metadata["extractor"] = content.method
     return parsed
 
 
