@@ -234,7 +234,7 @@ def test_full_disk_is_507_with_each_outcome_and_recovers_when_space_is_freed(
     docs = [{"id": f"d{i}", "text": f"Document {i} about octopus. {words}"} for i in range(40)]
     with httpx.Client(base_url=server.url, timeout=120) as client:
         assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
-        filler = fill(small_disk, leave=160_000)
+        filler = fill(small_disk, leave=300_000)
         r = client.post("/v1/collections/c/documents", json={"documents": docs})
         assert r.status_code == 507, r.text
         body = r.json()
@@ -244,7 +244,8 @@ def test_full_disk_is_507_with_each_outcome_and_recovers_when_space_is_freed(
         assert [x["id"] for x in results] == [d["id"] for d in docs]
         created = [x["id"] for x in results if x["status"] == "created"]
         failed = [x for x in results if x["status"] == "failed"]
-        assert failed and all("full" in x["error"] for x in failed)
+        assert created and failed  # the disk filled part way through the request
+        assert all("full" in x["error"] for x in failed)
         for x in results:  # what says created is stored whole; nothing else is
             got = client.get(f"/v1/collections/c/documents/{x['id']}")
             assert got.status_code == (200 if x["status"] == "created" else 404), got.text

@@ -540,6 +540,15 @@ class SqliteStore(SearchByRefs):
 
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` with its chunks and vectors (for migrations)."""
+        try:
+            yield from self._export_documents(collection)
+        except (sqlite3.Error, OSError) as exc:  # what @guarded does, for a generator
+            translated = self.health.translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def _export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         conn = self._reader()
         c = self._collection(conn, collection)
         ids = [
