@@ -7,6 +7,7 @@ environment: callers build a :class:`Settings` once and pass it in.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -327,6 +328,8 @@ def settings_table() -> str:
             default = f"`{str(value).lower()}`"
         elif isinstance(value, Path):
             default = f"`{str(value).replace(home, '~', 1)}`"
+        elif isinstance(value, dict | list):  # as the environment variable takes it: JSON
+            default = f"`{json.dumps(value)}`"
         else:
             default = f"`{value}`"
         meaning = (field.description or "").replace("|", "\\|")
