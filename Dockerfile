@@ -29,7 +29,11 @@ RUN python3 -m venv /opt/ragserve \
  && /opt/ragserve/bin/pip install --quiet ".${EXTRAS:+[$EXTRAS]}"
 # The preload step: models go into the image, verified against their pinned sha256.
 # --warm loads each model once, so ONNX Runtime's optimized graph is saved into the image too
-# (the runtime user cannot write /opt/models; loads then skip graph optimization).
+# (the runtime user cannot write /opt/models; loads then skip graph optimization). The saved
+# graph is found by a key that includes the model file's mtime in nanoseconds, and image layers
+# keep whole seconds: the files' mtimes are cut to the second before warming, or the runtime
+# would never find the graph (it did not: 64 MB carried for nothing, 0.5 s per start). The key
+# also includes the CPU model and flags: on another kind of CPU the graph is built at each start.
 # Then the virtualenv loses what serving never runs (the image must stay under 500 MB; each line
 # saved what it says on the default build):
 # - the installer (pip, setuptools, wheel);
@@ -37,28 +41,33 @@ RUN python3 -m venv /opt/ragserve \
 #   its model-tooling packages transformers/ and tools/ (`ragserve models export`, which needs
 #   the export extra and torch, is not served from the image);
 # - hf_xet (11 MB), the hub's transfer backend (the image starts with HF_HUB_OFFLINE=1);
-# - babel's locale data but English (34 MB; courlan asks babel only for URL language filters,
-#   which ragserve does not use, and handles an unknown locale);
-# - C/Cython sources, headers, type stubs, test suites;
+# - C/Cython sources, headers, type stubs, test suites, and two extension modules nothing
+#   imports: lxml.objectify (python-docx uses lxml.etree) and numpy's SIMD test module;
+# - the bytecode of packages serving never imports (none of them appears in
+#   PYTHONPROFILEIMPORTTIME's list over a start, JSON and HTML ingest and every search mode):
+#   the hub client and its helpers (offline), pygments (rich highlights tracebacks with it),
+#   protobuf (ONNX Runtime's tooling). Imported after all, they compile in memory. ~11 MB;
 # - debug symbols of the extension modules (strip --strip-unneeded, where binutils is there:
 #   the Debian build base has it; ~28 MB). Not the libraries auditwheel vendored in *.libs/:
 #   stripping numpy's OpenBLAS leaves it unloadable ("ELF load command ... not page-aligned").
 # The bytecode pip compiled stays: the runtime user cannot write it, and compiling every import
 # at each start would slow it.
 ENV RAGSERVE_MODEL_DIR=/opt/models
-RUN /opt/ragserve/bin/ragserve models pull --warm \
+RUN /opt/ragserve/bin/ragserve models pull \
+ && find /opt/models -type f -exec sh -c 'touch -d "@$(stat -c %Y "$1")" "$1"' _ {} \; \
+ && /opt/ragserve/bin/ragserve models pull --warm \
  && rm -f /opt/models/.lock-* \
  && /opt/ragserve/bin/python -m pip uninstall --quiet -y pip setuptools wheel \
  && cd /opt/ragserve/lib/python3*/site-packages \
  && rm -rf pip pip-*.dist-info setuptools setuptools-*.dist-info wheel wheel-*.dist-info \
            _distutils_hack distutils-precedence.pth /opt/ragserve/bin/pip* \
            onnxruntime/capi/libonnxruntime.so.* onnxruntime/transformers onnxruntime/tools \
-           hf_xet hf_xet-*.dist-info \
- && { [ ! -d babel/locale-data ] || find babel/locale-data -type f ! -name root.dat \
-        ! -name en.dat ! -name 'en_*.dat' -delete; } \
+           hf_xet hf_xet-*.dist-info lxml/objectify.*.so numpy/_core/_simd.*.so \
  && find . \( -name '*.c' -o -name '*.cpp' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \
         -o -name '*.pyi' \) -type f -delete \
  && find . -depth -mindepth 2 -type d -name tests -exec rm -rf {} + \
+ && for p in huggingface_hub fsspec filelock tqdm yaml pygments google; do \
+      [ ! -d "$p" ] || find "$p" -depth -name __pycache__ -type d -exec rm -rf {} +; done \
  && if command -v strip >/dev/null; then \
       find /opt/ragserve -name '*.so' -type f ! -path '*.libs/*' \
         -exec strip --strip-unneeded {} +; fi
