@@ -5,7 +5,9 @@ one wastes the model's batch parallelism; queueing them without bound turns over
 timeouts. :class:`MicroBatcher` does neither: callers submit work and get a future; a worker
 thread takes everything that is waiting (up to a batch limit), runs it as one model call, and
 resolves each future with its slice. When more than ``max_pending`` items wait, ``submit`` raises
-:class:`~ragserve.errors.Overloaded` at once (HTTP 429 + Retry-After). With ``workers > 1``, that
+:class:`~ragserve.errors.Overloaded` at once (HTTP 429 + Retry-After); in the server that is a
+backstop, since admission control (:mod:`ragserve.admission`) bounds the requests that reach a
+batcher before they take a thread. With ``workers > 1``, that
 many model calls run at once (for sessions that use one core each: the query embedder), and
 each worker takes its share of the waiting jobs, not all of them.
 """

@@ -242,11 +242,13 @@ class Settings(BaseSettings):
         default=256, ge=0, description="Searches without reranking that may wait for a worker."
     )
     rerank_workers: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=1000,
-        description="Reranked searches and `/v1/rerank` calls that run at once (their "
-        "cross-encoder pairs are batched together); more only lengthen each one on few cores.",
+        description="Reranked searches and `/v1/rerank` calls that run at once. The "
+        "cross-encoder already uses every core (`RAGSERVE_THREADS`): two at once each take about "
+        "twice as long, no more get done, and the part of a request that cannot be cut short "
+        "doubles (docs/service.md, Overload).",
     )
     rerank_queue: int = Field(
         default=32, ge=0, description="Reranked searches and `/v1/rerank` calls that may wait."
