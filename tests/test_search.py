@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ragserve.errors import CollectionNotFound, InvalidInput
+from ragserve.fusion import FusionSpec
 from ragserve.search import (
     STAGES,
     Searcher,
@@ -262,8 +263,12 @@ def test_hybrid_candidates_per_side(
         {"dense_candidates": 0},
         {"lexical_candidates": 1001},
         {"rerank_top_n": 0},
-        {"rrf_k": -1},
-        {"dense_weight": -1.0},
+        {"fusion": FusionSpec("rrf", {"dense": 1.0}, k=-1)},
+        {"fusion": FusionSpec("minmax", {"dense": -1.0, "lexical": 1.0})},
+        {"fusion": FusionSpec("minmax", {"dense": 0.0, "lexical": 0.0})},
+        {"fusion": FusionSpec("cosine")},  # type: ignore[arg-type]
+        {"fusion": {"method": "rrf"}},  # a FusionSpec, not a mapping
+        {"rerank_weight": -1.0},
         {"filter": {"$nope": 1}},
         {"rerank": True},  # no reranker configured
     ],

@@ -546,18 +546,54 @@ def eval_command(
     embedder: Annotated[str | None, typer.Option(help="Embedder (default: configured).")] = None,
     rerank: Annotated[bool, typer.Option(help="Include the hybrid + rerank row.")] = True,
     max_queries: Annotated[int | None, typer.Option(help="Only the first N test queries.")] = None,
+    fusion: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="One more row: a hybrid fusion variant METHOD[:auto|:dense=W,lexical=W,k=K]"
+            "[+rerank] (e.g. rrf:k=60, minmax:dense=0.8,lexical=0.2, minmax:auto+rerank) or a "
+            "mode (dense+rerank). Repeatable."
+        ),
+    ] = None,
+    drop_identical_ids: Annotated[
+        bool,
+        typer.Option(help="Drop a hit whose id is the query id (BEIR's default; ArguAna)."),
+    ] = True,
+    baseline: Annotated[
+        str, typer.Option(help="Row the others are compared with query by query.")
+    ] = "dense",
+    per_query_out: Annotated[
+        Path | None, typer.Option("--per-query", help="Write per-query scores (JSON lines).")
+    ] = None,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option("--compare", help="An earlier --per-query file: compare run by run."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Evaluate retrieval on a BEIR dataset: nDCG@10 and Recall@100 per mode."""
+    """Evaluate retrieval on a BEIR dataset: nDCG@10 and Recall@100 per mode and fusion variant,
+    each row compared query by query with a baseline row (wins/losses, paired randomization
+    test), optionally with an earlier run's per-query file."""
     import json
 
-    from ragserve.evalrun import RUNS, evaluate, ingest_corpus
-    from ragserve.evaluation import load_beir
+    from ragserve.evalrun import (
+        RUNS,
+        evaluate,
+        ingest_corpus,
+        parse_run,
+        read_per_query,
+        write_per_query,
+    )
+    from ragserve.evaluation import compare, load_beir
 
     try:
         data = load_beir(dataset)
+        runs = [r for r in RUNS if rerank or not r.rerank] + [parse_run(f) for f in fusion or []]
+        earlier = read_per_query(compare_with) if compare_with else {}
     except RagserveError as exc:
         raise fail(exc, 2) from None
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):
+        raise fail(f"a run is named twice: {labels}", 2)
     name = collection or f"eval-{dataset.resolve().name}"
     svc = _service()
     try:
@@ -569,35 +605,51 @@ def eval_command(
             counts = ingest_corpus(
                 svc, data, name, embedder=embedder, progress=lambda _r: progress.advance(task)
             )
-            runs = [r for r in RUNS if rerank or not r[2]]
-            qtask = progress.add_task("searching", total=len(runs) * len(data.test_queries))
+            n_queries = min(len(data.test_queries), max_queries or len(data.test_queries))
+            qtask = progress.add_task("searching", total=len(runs) * n_queries)
             rows = evaluate(
                 svc,
                 data,
                 name,
                 runs=runs,
                 max_queries=max_queries,
+                drop_identical=drop_identical_ids,
                 progress=lambda _label, _i: progress.advance(qtask),
             )
     except RagserveError as exc:
         raise fail(exc) from None
     finally:
         svc.close()
-    table = Table(title=f"{dataset.name}: {len(data.test_queries)} test queries")
-    for col in ("run", "nDCG@10", "Recall@100", "p50 ms"):
+    base = next((r for r in rows if r.label == baseline), None)
+    table = Table(title=f"{dataset.name}: {n_queries} test queries")
+    for col in ("run", "nDCG@10", "Recall@100", "p50 ms", f"vs {baseline}: delta", "W/L", "p"):
         table.add_column(col)
+    results = []
     for row in rows:
-        table.add_row(
-            row.label, f"{row.ndcg_at_10:.4f}", f"{row.recall_at_100:.4f}", f"{row.p50_ms:.1f}"
-        )
+        out_row = row.as_dict()
+        cells = [row.label, f"{row.ndcg_at_10:.4f}", f"{row.recall_at_100:.4f}"]
+        cells.append(f"{row.p50_ms:.1f}")
+        if base is not None and row is not base:
+            c = compare(base.ndcg_per_query(), row.ndcg_per_query())
+            out_row[f"vs {baseline}"] = c.as_dict()
+            cells += [f"{c.mean_b - c.mean_a:+.4f}", f"{c.wins}/{c.losses}", f"{c.p_value:.3f}"]
+        else:
+            cells += ["", "", ""]
+        if row.label in earlier:
+            out_row["vs earlier"] = compare(earlier[row.label], row.ndcg_per_query()).as_dict()
+        table.add_row(*cells)
+        results.append(out_row)
     console.print(table)
     out = {
         "dataset": str(dataset),
         "collection": name,
         "ingest": counts,
-        "results": [r.as_dict() for r in rows],
+        "drop_identical_ids": drop_identical_ids,
+        "results": results,
     }
     console.print_json(data=out)
+    if per_query_out:
+        write_per_query(rows, per_query_out, dataset=str(dataset))
     if json_out:
         json_out.write_text(json.dumps(out, indent=2))
 

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         "searches, ingest batches. One core per run does more searches/s than one run over all "
         "cores. `ragserve ingest` uses 0 unless this is set.",
     )
+    fusion_method: Literal["rrf", "minmax", "zscore", "dbsf"] = Field(
+        default="rrf",
+        description="How hybrid searches fuse dense and lexical candidates unless a request "
+        "says otherwise (ragserve.fusion; docs/store.md has the figures).",
+    )
+    fusion_weights: dict[str, float] | None = Field(
+        default_factory=lambda: {"dense": 1.0, "lexical": 1.0},
+        description='Default weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}; unset: '
+        "chosen per query from the legs' score distributions and the query's length.",
+    )
+    fusion_k: int = Field(default=60, ge=0, le=10_000, description="RRF constant (rrf only).")
     hybrid_query_instruction: bool = Field(
         default=False,
         description="Hybrid searches prepend the embedder's query instruction even where the "

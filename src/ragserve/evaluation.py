@@ -92,3 +92,89 @@ def recall_at_k(run: Mapping[str, Sequence[str]], qrels: Qrels, k: int = 100) ->
         ranked = set(dedupe(run.get(qid, []))[:k])
         scores.append(len(ranked & relevant) / len(relevant))
     return sum(scores) / len(scores) if scores else 0.0
+
+
+def drop_identical_ids(run: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Drop a retrieved document whose id equals the query id (BEIR's ``ignore_identical_ids``,
+    Anserini's ``-removeQuery``): on ArguAna the query argument is itself in the corpus."""
+    return {qid: [d for d in docs if d != qid] for qid, docs in run.items()}
+
+
+def per_query(run: Mapping[str, Sequence[str]], qrels: Qrels) -> dict[str, dict[str, float]]:
+    """nDCG@10 and Recall@100 of each judged query (the means are :func:`beir_scores`)."""
+    out = {}
+    for qid, rels in qrels.items():
+        one = {qid: run.get(qid, [])}
+        out[qid] = {
+            "ndcg@10": ndcg_at_k(one, {qid: rels}, 10),
+            "recall@100": recall_at_k(one, {qid: rels}, 100),
+        }
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Run B against run A over the queries both scored: B wins where it scores higher."""
+
+    queries: int
+    mean_a: float
+    mean_b: float
+    wins: int
+    losses: int
+    ties: int
+    #: Two-sided p-value of a paired randomization (sign-flip) test on the differences.
+    p_value: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "queries": self.queries,
+            "mean_a": round(self.mean_a, 4),
+            "mean_b": round(self.mean_b, 4),
+            "delta": round(self.mean_b - self.mean_a, 4),
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "p_value": round(self.p_value, 4),
+        }
+
+
+def paired_randomization_test(
+    a: Sequence[float], b: Sequence[float], *, rounds: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided p-value that paired scores ``a`` and ``b`` have the same mean.
+
+    Under the null each query's difference is as likely to have either sign, so its sign is
+    flipped at random ``rounds`` times and the p-value is the share of flipped mean differences
+    at least as far from 0 as the observed one (with the observed one counted: never 0).
+    """
+    import numpy as np
+
+    if len(a) != len(b):
+        raise InvalidInput("paired scores must have the same length")
+    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if diff.size == 0 or not diff.any():
+        return 1.0
+    observed = abs(diff.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(rounds, diff.size))
+    flipped = np.abs((signs * diff).mean(axis=1))
+    return float((np.count_nonzero(flipped >= observed - 1e-12) + 1) / (rounds + 1))
+
+
+def compare(
+    a: Mapping[str, float], b: Mapping[str, float], *, rounds: int = 10_000, seed: int = 0
+) -> Comparison:
+    """Per-query scores of two runs (query id -> score), compared on the queries both have."""
+    common = sorted(set(a) & set(b))
+    xs = [a[q] for q in common]
+    ys = [b[q] for q in common]
+    eps = 1e-9
+    return Comparison(
+        queries=len(common),
+        mean_a=sum(xs) / len(xs) if xs else 0.0,
+        mean_b=sum(ys) / len(ys) if ys else 0.0,
+        wins=sum(y > x + eps for x, y in zip(xs, ys, strict=True)),
+        losses=sum(y < x - eps for x, y in zip(xs, ys, strict=True)),
+        ties=sum(abs(y - x) <= eps for x, y in zip(xs, ys, strict=True)),
+        p_value=paired_randomization_test(xs, ys, rounds=rounds, seed=seed),
+    )

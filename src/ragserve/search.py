@@ -16,7 +16,7 @@ defaults are in ``docs/store.md`` (``python -m bench.eval_search``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +25,8 @@ import numpy.typing as npt
 
 from ragserve.errors import InvalidInput
 from ragserve.filters import Filter, parse_filter
+from ragserve.fusion import Candidate as _Candidate
+from ragserve.fusion import FusionSpec, fuse
 from ragserve.models.embedder import Embedder
 from ragserve.models.reranker import Reranker
 from ragserve.store.base import ChunkRef, ScoredChunk, Store
@@ -56,9 +58,9 @@ class SearchRequest:
     #: fusion needs more (0.7404 at 100, 0.7353 at 50): docs/store.md.
     dense_candidates: int | None = None
     lexical_candidates: int | None = None
-    rrf_k: int = 60
-    dense_weight: float = 1.0
-    lexical_weight: float = 1.0
+    #: How a hybrid search fuses its two legs (method, weights, RRF k); None: the searcher's
+    #: default (``Settings.fusion_*``). See :mod:`ragserve.fusion`.
+    fusion: FusionSpec | None = None
     #: Characters of each passage given to the reranker (it also truncates by tokens).
     rerank_max_chars: int = 2000
     #: Fusion of the reranked head: weight of the retrieval ranks (times each side's weight),
@@ -90,33 +92,19 @@ class SearchResult:
     timings_ms: Mapping[str, float]
     mode: Mode
     reranked: bool
-
-
-@dataclass(slots=True)
-class _Candidate:
-    chunk: ChunkRef
-    score: float = 0.0
-    scores: dict[str, float] = field(default_factory=dict)
+    #: Hybrid only: the fusion used, with the weight each leg got (given or adaptive).
+    fusion: Mapping[str, Any] | None = None
 
 
 def rrf(rankings: Sequence[tuple[Sequence[ChunkRef], float, str]], k: int) -> list[_Candidate]:
-    """Reciprocal rank fusion: ``sum(weight / (k + rank))`` over the lists (ranks from 1).
+    """Weighted reciprocal rank fusion, ``sum(weight / (k + rank))`` (ranks from 1).
 
     ``rankings``: (hits best first, weight, name); each hit's own score is kept under ``name``.
-    Ties are broken by chunk id so results are deterministic.
+    Ties are broken by chunk id so results are deterministic. (:func:`ragserve.fusion.fuse`
+    with ``method="rrf"``.)
     """
-    pool: dict[Hashable, _Candidate] = {}  # by the store's key: one chunk, one key
-    for hits, weight, name in rankings:
-        for rank, hit in enumerate(hits, start=1):
-            cand = pool.get(hit.key)
-            if cand is None:
-                cand = pool[hit.key] = _Candidate(hit)
-            cand.score += weight / (k + rank)
-            cand.scores[name] = hit.score
-    fused = sorted(pool.values(), key=lambda c: (-c.score, c.chunk.chunk_id))
-    for cand in fused:
-        cand.scores["fused"] = cand.score
-    return fused
+    spec = FusionSpec("rrf", {name: w for _, w, name in rankings}, k)
+    return fuse([(name, hits) for hits, _, name in rankings], spec).candidates
 
 
 def _side(req: SearchRequest, candidates: int | None) -> int:
@@ -172,6 +160,22 @@ def rerank_fuse(
     return head + tail
 
 
+def head_signals(
+    mode: Mode, weights: Mapping[str, float], retrieval_weight: float
+) -> dict[str, float]:
+    """Weights of the retrieval ranks inside the reranked head (see :func:`rerank_fuse`).
+
+    Hybrid: each leg's fusion weight, scaled so that equal weights give 1.0 a leg (two legs
+    together weigh twice the reranker, as the SciFact sweep in docs/store.md chose); a leg
+    the fusion trusted less counts less against the reranker too. Dense or lexical: that leg
+    at 1.0 (the other has no scores and is skipped).
+    """
+    if mode != "hybrid" or not weights:
+        return {"dense": retrieval_weight, "lexical": retrieval_weight}
+    total = sum(weights.values()) or 1.0
+    return {n: 2.0 * w / total * retrieval_weight for n, w in weights.items()}
+
+
 def collapse_documents(candidates: list[_Candidate]) -> list[_Candidate]:
     """Keep each document's best-ranked chunk only."""
     seen: set[str] = set()
@@ -194,8 +198,11 @@ class Searcher:
         *,
         max_k: int = 1000,
         max_candidates: int = 1000,
+        fusion: FusionSpec | None = None,
     ) -> None:
         self.store = store
+        #: The fusion of a hybrid search whose request names none.
+        self.fusion = (fusion or FusionSpec()).check()
         self.embedder = embedder
         self.reranker = reranker
         self.max_k = max_k
@@ -211,10 +218,13 @@ class Searcher:
             if getattr(req, name) is not None:
                 _int_in(name, getattr(req, name), 1, self.max_candidates)
         _int_in("rerank_top_n", req.rerank_top_n, 1, self.max_candidates)
-        _int_in("rrf_k", req.rrf_k, 0, 10_000)
         _int_in("rerank_rrf_k", req.rerank_rrf_k, 0, 10_000)
         _int_in("rerank_max_chars", req.rerank_max_chars, 1, 1_000_000)
-        for name in ("dense_weight", "lexical_weight", "rerank_retrieval_weight", "rerank_weight"):
+        if req.fusion is not None:
+            if not isinstance(req.fusion, FusionSpec):
+                raise InvalidInput("fusion must be a FusionSpec")
+            req.fusion.check()
+        for name in ("rerank_retrieval_weight", "rerank_weight"):
             value = getattr(req, name)
             if not isinstance(value, int | float) or not 0 <= value <= 1000:
                 raise InvalidInput(f"{name} must be a number between 0 and 1000")
@@ -258,28 +268,36 @@ class Searcher:
         need = max(req.top_k, req.rerank_top_n if req.rerank else 0)
         if req.collapse:
             need = min(need * 3, self.max_candidates)
-        rankings: list[tuple[Sequence[ChunkRef], float, str]] = []
+        legs: list[tuple[str, Sequence[ChunkRef]]] = []
         if req.mode in ("dense", "hybrid") and embed_fn is not None:
             t = time.perf_counter()
             vector = embed_fn([req.query])[0]
             timings["embed"] = _ms(t)
             t = time.perf_counter()
             count = need if req.mode == "dense" else max(need, _side(req, req.dense_candidates))
-            dense = self.store.dense_refs(collection, vector, count, node)
+            legs.append(("dense", self.store.dense_refs(collection, vector, count, node)))
             timings["dense"] = _ms(t)
-            rankings.append((dense, req.dense_weight, "dense"))
         if req.mode in ("lexical", "hybrid"):
             t = time.perf_counter()
             count = need if req.mode == "lexical" else max(need, _side(req, req.lexical_candidates))
-            lexical = self.store.lexical_refs(collection, req.query, count, node)
+            legs.append(("lexical", self.store.lexical_refs(collection, req.query, count, node)))
             timings["lexical"] = _ms(t)
-            rankings.append((lexical, req.lexical_weight, "lexical"))
 
         t = time.perf_counter()
+        weights: Mapping[str, float] = {}
+        fusion_info: dict[str, Any] | None = None
         if req.mode == "hybrid":
-            candidates = rrf(rankings, req.rrf_k)
+            spec = req.fusion or self.fusion
+            fused = fuse(legs, spec, query=req.query)
+            candidates, weights = fused.candidates, fused.weights
+            fusion_info = {
+                "method": spec.method,
+                "k": spec.k,
+                "adaptive": spec.weights is None,
+                "weights": {n: round(w, 4) for n, w in weights.items()},
+            }
         else:
-            only, _, name = rankings[0]
+            name, only = legs[0]
             candidates = [_Candidate(h, h.score, {name: h.score}) for h in only]
         if req.collapse:
             candidates = collapse_documents(candidates)
@@ -297,11 +315,10 @@ class Searcher:
             head = candidates[: req.rerank_top_n]
             passages = [chunks[c.chunk.chunk_id].text[: req.rerank_max_chars] for c in head]
             logits = rerank_fn(req.query, passages)
-            side = {"dense": req.dense_weight, "lexical": req.lexical_weight}
             candidates = rerank_fuse(
                 candidates,
                 [float(x) for x in logits],
-                signals={n: w * req.rerank_retrieval_weight for n, w in side.items()},
+                signals=head_signals(req.mode, weights, req.rerank_retrieval_weight),
                 rerank_weight=req.rerank_weight,
                 k=req.rerank_rrf_k,
             )
@@ -323,7 +340,7 @@ class Searcher:
             for rank, c in enumerate(page, start=1)
         )
         timings["total"] = _ms(started)
-        return SearchResult(hits, timings, req.mode, reranked=req.rerank)
+        return SearchResult(hits, timings, req.mode, reranked=req.rerank, fusion=fusion_info)
 
 
 def _int_in(name: str, value: object, lo: int, hi: int) -> None:

@@ -28,6 +28,7 @@ from ragserve.batching import MicroBatcher
 from ragserve.caching import ModelCaches
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, RagserveError
+from ragserve.fusion import settings_fusion
 from ragserve.ingest.chunking import (
     chunk_document,
     content_budget,
@@ -107,7 +108,7 @@ class RetrievalService:
         self._query_batchers: dict[str, MicroBatcher[tuple[str, bool], Vectors]] = {}
         self._rerank_batchers: dict[str, MicroBatcher[tuple[str, str], float]] = {}
         self._lock = threading.Lock()
-        self._searcher = Searcher(store)
+        self._searcher = Searcher(store, fusion=settings_fusion(settings))
         #: LRU caches of model outputs (query vectors, rerank logits); never of search results.
         self.caches = ModelCaches(settings.query_cache_size, settings.rerank_cache_size)
 

@@ -22,6 +22,7 @@ from ragserve.api import schemas as s
 from ragserve.api.auth import require_key
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
+from ragserve.fusion import parse_fusion, settings_fusion
 from ragserve.ingest.limits import Limits
 from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure, Item
@@ -225,21 +226,27 @@ async def _documents_from_request(
     if not content_type.startswith("application/json"):
         raise InvalidInput("send application/json or multipart/form-data")
     raw = await request.body()
+    return await to_thread.run_sync(_json_documents, raw, settings)
+
+
+def _json_documents(raw: bytes, settings: Settings) -> list[Document | IngestFailure]:
+    """The documents of a JSON body, each checked (on a worker thread: a body may be 64 MB)."""
     try:
         # json.loads, as FastAPI parses the other routes' bodies: a lone surrogate escape is
         # JSON, and fails its own document below (pydantic's parser refuses the whole body).
-        body = s.DocumentsIn.model_validate(await to_thread.run_sync(json.loads, raw))
+        body = s.DocumentsIn.model_validate(json.loads(raw))
     except ValueError as exc:  # not JSON at all (or not UTF-8): malformed, 400 like every route
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
         raise StarletteHTTPException(400, f"request body is not valid JSON: {exc}") from None
-    del raw
+    most = settings.max_documents_per_request
     if len(body.documents) > most:
         raise PayloadTooLarge(
             f"{len(body.documents)} documents in one request; the limit is {most}"
         )
+    items: list[Document | IngestFailure] = []
     for index, d in enumerate(body.documents):
         where = d.id or f"documents[{index}]"
         try:  # as a record of an uploaded JSONL file: one bad document fails alone
@@ -362,6 +369,10 @@ async def search(
         rerank_top_n=body.rerank_top_n,
         filter=body.filter,
         collapse=body.collapse,
+        fusion=parse_fusion(
+            body.fusion.model_dump(exclude_unset=True) if body.fusion else None,
+            settings_fusion(svc.settings),
+        ),
     )
 
     def run() -> tuple[bytes, Mapping[str, float]]:

@@ -97,6 +97,24 @@ class DocumentOut(BaseModel):
 # ---------------------------------------------------------------- search
 
 
+class FusionIn(Strict):
+    """How a hybrid search fuses its dense and lexical legs (unset: the server's default)."""
+
+    method: Literal["rrf", "minmax", "zscore", "dbsf"] | None = Field(
+        default=None,
+        description="rrf: weighted reciprocal rank fusion; minmax / zscore / dbsf: a weighted "
+        "sum of each leg's scores normalised per query.",
+    )
+    weights: (
+        Literal["auto"] | dict[Literal["dense", "lexical"], Annotated[float, Field(ge=0, le=1000)]]
+    ) | None = Field(
+        default=None,
+        description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
+        "query from the legs' score distributions and the query's length.",
+    )
+    k: int | None = Field(default=None, ge=0, le=10_000, description="RRF constant.")
+
+
 class SearchIn(Strict):
     query: str = Field(min_length=1)
     top_k: int = Field(default=10, ge=1)
@@ -107,6 +125,7 @@ class SearchIn(Strict):
     collapse: StrictBool = Field(
         default=False, description="One hit per document (its best chunk)."
     )
+    fusion: FusionIn | None = None
 
 
 class SearchHit(BaseModel):
