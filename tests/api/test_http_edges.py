@@ -84,6 +84,20 @@ def test_a_lone_surrogate_in_a_filter_is_422(client: TestClient, value: str) -> 
     assert "lone surrogate" in error_of(r)["message"]
 
 
+@pytest.mark.parametrize(
+    ("number", "status"), [("9" * 5000, 400), ("1e400", 422), ("-1e400", 422), ("1e-400", 200)]
+)
+def test_numbers_json_cannot_hold_are_client_errors(
+    client: TestClient, number: str, status: int
+) -> None:
+    _ingest(client, [{"id": "a", "text": "common words", "metadata": {"n": 1}}])
+    raw = '{"query": "common", "filter": {"n": ' + number + "}}"
+    r = client.post(
+        "/v1/collections/docs/search", content=raw, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+
+
 def test_an_error_message_quoting_a_lone_surrogate_still_renders(client: TestClient) -> None:
     _ingest(client, [{"id": "a", "text": "common words"}])
     raw = '{"query": "common", "filter": {"n": {"$bad\\ud800": 1}}}'
