@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     fusion_method: Literal["rrf", "minmax", "zscore", "dbsf"] = Field(
         default="rrf",
         description="How hybrid searches fuse dense and lexical candidates unless a request "
-        "says otherwise (ragserve.fusion; docs/store.md has the figures).",
+        "says otherwise: `rrf` (weighted reciprocal rank fusion), or a weighted sum of each "
+        "leg's scores normalised per query by `minmax`, `zscore` or `dbsf` (ragserve.fusion).",
     )
     fusion_weights: dict[str, float] | None = Field(
         default_factory=lambda: {"dense": 1.0, "lexical": 1.0},
