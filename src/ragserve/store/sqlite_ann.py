@@ -1,19 +1,26 @@
-"""In-memory dense indexes of the embedded store: exact (numpy) and HNSW (hnswlib).
+"""In-memory dense indexes of the embedded store: exact (numpy) and HNSW (faiss).
 
 Both are *derived data*: SQLite holds every vector, so an index can always be rebuilt from it.
 A collection with fewer than ``exact_search_below`` chunks uses :class:`ExactIndex` (a matrix
 scan is exact and, at that size, about as fast as a graph walk: in a serving process the model
 evicts the matrix from the cache between queries, so the scan costs 0.71 ms at 5k 384-d vectors,
 1.37 ms at 10k, against 0.44 / 0.49 ms for HNSW with a beam of 200). Larger ones use
-:class:`HnswIndex` (hnswlib), saved beside the database with a JSON :class:`Manifest` that
-ties the file to the database state it reflects (generation, chunk count, checksum of the keys)
-and to its own bytes (sha256, checked before the file is handed to hnswlib). A manifest that
-does not match means a stale or corrupt index: it is rebuilt from SQLite.
+:class:`HnswIndex` (faiss ``IndexHNSWFlat`` under an ``IndexIDMap2``), saved beside the
+database with a JSON :class:`Manifest` that ties the file to the database state it reflects
+(generation, chunk count, checksum of the keys), to the library that wrote it (name and
+version) and to its own bytes (sha256, checked before the file is handed to faiss). A manifest
+that does not match means a stale, corrupt or foreign index (such as one written by hnswlib,
+the library of earlier versions): it is rebuilt from SQLite.
 
-Keys are the chunks' SQLite rowids (never reused: ``AUTOINCREMENT``). Vectors are L2-normalized
-on the way in, so scores are cosine similarities. The ANN library was chosen by measurement
-and by one hard fact (usearch 2.26 crashes a process that imports onnxruntime after it): see
-``docs/store.md`` and ``python -m bench.store_bench --compare-libraries``.
+faiss cannot remove a vector from an HNSW graph, so a delete leaves a *tombstone*: the node
+stays in the graph (walks still pass through it) and searches skip its key through an ID
+selector. When tombstones pass ``AnnParams.max_tombstone_fraction`` of the nodes, the index is
+compacted (rebuilt from its live vectors). Keys are the chunks' SQLite rowids (never reused:
+``AUTOINCREMENT``). Vectors are L2-normalized on the way in, so inner products are cosine
+similarities. The ANN library was chosen by measurement (100,000 x 384 vectors, side by side
+with hnswlib and voyager; usearch crashes a process that imports onnxruntime after it): see
+``docs/store.md`` and ``python -m bench.store_bench --compare-libraries``. Files are faiss's own
+binary format and ``.npy``: nothing is pickled.
 """
 
 from __future__ import annotations
@@ -28,9 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import hnswlib
+import faiss as _faiss
 import numpy as np
 import numpy.typing as npt
+
+#: faiss, untyped: its stubs (1.15) lack classes used here (``SearchParametersHNSW``).
+faiss: Any = _faiss
 
 Vectors = npt.NDArray[np.float32]
 Keys = npt.NDArray[np.int64]
@@ -40,12 +50,14 @@ MANIFEST_FORMAT = 1
 
 @dataclass(frozen=True, slots=True)
 class AnnParams:
-    """HNSW parameters: graph degree (M) and beam widths at build and at query time (ef)."""
+    """HNSW parameters: graph degree (M), beam widths at build and at query time (ef), and the
+    share of deleted nodes (tombstones) past which an index is compacted."""
 
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 96
     threads: int = 0  # 0: all cores, for bulk builds
+    max_tombstone_fraction: float = 0.2
 
 
 M = TypeVar("M")
@@ -125,66 +137,89 @@ class ExactIndex:
 
 
 class HnswIndex:
-    """hnswlib HNSW over inner product of unit vectors (score = 1 - distance = cosine).
+    """faiss HNSW over inner product of unit vectors (score = cosine), keyed by rowid.
 
-    Deletes mark a node deleted; later inserts reuse deleted slots (``replace_deleted``), so
-    space is reclaimed without a rebuild. Live keys are tracked here: hnswlib lists deleted
-    labels too.
+    ``IndexIDMap2`` maps rowids to graph nodes (and back, to read vectors). Deleted keys are
+    tombstones: still in the graph, skipped by searches; :meth:`compacted` drops them. Live
+    and dead keys are tracked here (the saved live-key set and the file's key map give them
+    back at load). Not safe for concurrent calls: :class:`DenseIndex` serializes them.
     """
 
-    library = "hnswlib"
+    library = "faiss"
 
     def __init__(
         self,
         dimension: int,
         params: AnnParams,
-        index: hnswlib.Index | None = None,
+        index: Any = None,
         live: set[int] | None = None,
+        dead: set[int] | None = None,
     ) -> None:
         self.dimension = dimension
         self.params = params
         if index is None:
-            index = hnswlib.Index(space="ip", dim=dimension)
-            index.init_index(
-                max_elements=1024,
-                ef_construction=params.expansion_add,
-                M=params.connectivity,
-                allow_replace_deleted=True,
-            )
+            graph = faiss.IndexHNSWFlat(dimension, params.connectivity, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = params.expansion_add
+            index = faiss.IndexIDMap2(graph)
         self._index = index
-        self._index.set_ef(params.expansion_search)
         self._live: set[int] = live if live is not None else set()
+        self._dead: set[int] = dead if dead is not None else set()
+        self._skip_dead: Any = None  # ID selector excluding the dead keys, built on demand
 
     def __len__(self) -> int:
         return len(self._live)
 
+    @property
+    def tombstones(self) -> int:
+        return len(self._dead)
+
+    @property
+    def nodes(self) -> int:
+        """Vectors in the graph, live and dead."""
+        return int(self._index.ntotal)
+
+    def needs_compaction(self) -> bool:
+        dead = len(self._dead)
+        return dead > 0 and dead >= self.params.max_tombstone_fraction * self.nodes
+
     def add(self, keys: Keys, vectors: Vectors) -> None:
         if len(keys) == 0:
             return
-        self.remove(keys)
-        need = self._index.element_count + len(keys)
-        if need > self._index.get_max_elements():
-            self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
-        self._index.add_items(
-            normalize(vectors),
-            keys.astype(np.uint64),
-            num_threads=self.params.threads or -1,
-            replace_deleted=True,
-        )
+        known = [k for k in keys.tolist() if k in self._live or k in self._dead]
+        if known:  # a key already in the graph (never the store's case: rowids are not reused)
+            self.remove(keys)
+            self._replace_with(self.compacted())
+        if self.params.threads:
+            faiss.omp_set_num_threads(self.params.threads)
+        self._index.add_with_ids(normalize(vectors), np.ascontiguousarray(keys, dtype=np.int64))
         self._live.update(keys.tolist())
 
     def remove(self, keys: Keys) -> None:
         for key in keys.tolist():
             if key in self._live:
-                self._index.mark_deleted(key)
                 self._live.discard(key)
+                self._dead.add(key)
+                self._skip_dead = None
+
+    def compacted(self) -> HnswIndex:
+        """A new index of the live vectors only (no tombstones); this one is left as it is."""
+        fresh = HnswIndex(self.dimension, self.params)
+        live = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+        live.sort()
+        for lo in range(0, len(live), 20_000):
+            fresh.add(*self.vectors(live[lo : lo + 20_000]))
+        return fresh
+
+    def _replace_with(self, other: HnswIndex) -> None:
+        self._index, self._live, self._dead = other._index, other._live, other._dead
+        self._skip_dead = None
 
     def vectors(self, keys: Keys) -> tuple[Keys, Vectors]:
         present = np.array([k in self._live for k in keys.tolist()], dtype=bool)
-        kept = keys[present]
+        kept = np.ascontiguousarray(keys[present], dtype=np.int64)
         if len(kept) == 0:
             return kept, np.zeros((0, self.dimension), dtype=np.float32)
-        got = self._index.get_items(kept.tolist(), return_type="numpy")
+        got = self._index.reconstruct_batch(kept)
         return kept, np.ascontiguousarray(got, dtype=np.float32)
 
     def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
@@ -193,24 +228,25 @@ class HnswIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         # A beam of twice k: recall@k >= 0.99 where a beam of k loses hits (SciFact, 10k chunks,
         # k=100: hybrid nDCG@10 the same as exact search, 0.005 lower with a beam of k).
-        ef = max(self.params.expansion_search, 2 * count)
-        self._index.set_ef(ef)
-        try:
-            labels, distances = self._index.knn_query(query[None, :], k=count, num_threads=1)
-        except RuntimeError:  # too few reachable live nodes (many deletes): scan exactly
-            everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
-            keys, vectors = self.vectors(everything)
-            return top_k(keys, vectors @ query, count)
-        finally:
-            self._index.set_ef(self.params.expansion_search)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.params.expansion_search, 2 * count)
+        if self._dead:
+            if self._skip_dead is None:
+                dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+                self._skip_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+            params.sel = self._skip_dead
+        scores, labels = self._index.search(query[None, :], count, params=params)
         keys = np.asarray(labels[0], dtype=np.int64)
-        scores = 1.0 - np.asarray(distances[0], dtype=np.float32)
-        return keys, scores.astype(np.float32)
+        if int((keys >= 0).sum()) < count:  # too few live nodes reached (many deletes): exact
+            everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+            kept, vectors = self.vectors(everything)
+            return top_k(kept, vectors @ query, count)
+        return keys, np.asarray(scores[0], dtype=np.float32)
 
     def save(self, path: Path) -> str:
         """Write atomically; returns the sha256 of the file."""
         tmp = path.with_suffix(path.suffix + ".tmp")
-        self._index.save_index(str(tmp))
+        faiss.write_index(self._index, str(tmp))
         digest = file_sha256(tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -219,15 +255,22 @@ class HnswIndex:
 
     @classmethod
     def load(cls, path: Path, dimension: int, params: AnnParams, live: Keys) -> HnswIndex:
-        """Open a saved index whose live keys are ``live`` (checked by the manifest)."""
-        index = hnswlib.Index(space="ip", dim=dimension)
-        index.load_index(str(path), allow_replace_deleted=True)
-        if index.dim != dimension:
-            raise ValueError(f"index dimension {index.dim} != {dimension}")
-        loaded = cls(dimension, params, index, set(live.tolist()))
-        if len(live):  # spot-check: the first and last keys are present and not deleted
-            index.get_items([int(live[0]), int(live[-1])])
-        return loaded
+        """Open a saved index whose live keys are ``live`` (checked by the manifest); the keys
+        of its graph that are not live are its tombstones. The caller has verified the file's
+        sha256 first: faiss only ever reads a file this store wrote."""
+        index = faiss.read_index(str(path))
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ValueError(f"not an IndexIDMap2: {type(index).__name__}")
+        graph = faiss.downcast_index(index.index)
+        if not isinstance(graph, faiss.IndexHNSWFlat):
+            raise ValueError(f"not an IndexHNSWFlat: {type(graph).__name__}")
+        if index.d != dimension or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"index dimension {index.d} != {dimension} or not inner product")
+        stored = faiss.vector_to_array(index.id_map).astype(np.int64)
+        if len(stored) != index.ntotal or not np.isin(live, stored).all():
+            raise ValueError("the index does not hold every live key")
+        dead = np.setdiff1d(stored, live)
+        return cls(dimension, params, index, set(live.tolist()), set(dead.tolist()))
 
 
 class DenseIndex:
@@ -246,9 +289,18 @@ class DenseIndex:
         return isinstance(self.inner, HnswIndex)
 
     def apply(self, removed: Keys, added: Keys, vectors: Vectors) -> None:
+        """Mirror a write; compact the HNSW index when its tombstones pass the fraction.
+
+        The caller serializes writes (the store's write lock), so the compaction reads the old
+        index outside this lock: searches go on against it until the new one is swapped in."""
         with self.lock:
             self.inner.remove(removed)
             self.inner.add(added, vectors)
+        inner = self.inner
+        if isinstance(inner, HnswIndex) and inner.needs_compaction():
+            fresh = inner.compacted()
+            with self.lock:
+                self.inner = fresh
 
     def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
         with self.lock:
@@ -366,6 +418,6 @@ def file_sha256(path: Path) -> str:
 
 def library_version() -> str:
     try:
-        return importlib.metadata.version("hnswlib")
+        return importlib.metadata.version("faiss-cpu")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
