@@ -38,7 +38,10 @@ def tree_rss(pid: int) -> int:
         current = pending.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            children = [  # of every thread: the parser processes start from worker threads
+                c for t in Path(f"/proc/{current}/task").iterdir()
+                for c in (t / "children").read_text().split()
+            ]  # fmt: skip
         except OSError:
             continue
         for line in status.splitlines():
