@@ -197,3 +197,15 @@ def test_parser_process_out_of_memory_fails_that_document(tmp_path: Path) -> Non
 def test_spans_array_is_sixteen_bytes_a_token() -> None:
     spans = as_spans(ws_spans("a b c"))
     assert spans.dtype == np.int64 and spans.shape == (3, 2)
+
+
+def test_a_record_over_max_chars_fails_in_the_parser_process() -> None:
+    pool = ParsePool(Limits(max_bytes=MAX, max_chars=10))
+    try:
+        big, small = pool.parse(b'{"id": "a", "text": "eleven char"}\n{"id": "b", "text": "ok"}\n',
+                                "r.jsonl")  # fmt: skip
+    finally:
+        pool.close()
+    assert isinstance(big, IngestFailure) and big.source == "a"
+    assert big.error == "the text is 11 characters, over the limit of 10 (max_document_chars)"
+    assert isinstance(small, Document) and small.text == "ok"

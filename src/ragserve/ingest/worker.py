@@ -35,7 +35,8 @@ import weakref
 from typing import IO, Any
 
 from ragserve.errors import Overloaded, Unavailable
-from ragserve.ingest.limits import Limits
+from ragserve.ingest.limits import BudgetExceeded, Limits
+from ragserve.ingest.parsers import check_chars
 from ragserve.ingest.sources import IngestFailure, Item, iter_bytes
 from ragserve.types import Document, Section
 
@@ -127,10 +128,11 @@ def main() -> None:
         size = _read_exact(stdin, _LEN.size)
         try:
             data = stdin.read(_LEN.unpack(size)[0]) if size else b""
-            items = list(
-                iter_bytes(data, name, request["content_type"], max_bytes=limits.max_bytes,
-                           limits=limits)
-            )  # fmt: skip
+            items = [
+                _capped(item, limits.max_chars)
+                for item in iter_bytes(data, name, request["content_type"],
+                                       max_bytes=limits.max_bytes, limits=limits)
+            ]  # fmt: skip
             del data
             reply = encode_items(items)
         except MemoryError:
@@ -138,6 +140,18 @@ def main() -> None:
             _write_frame(stdout, _EXITING, encode_items([_over_memory(name, limits)]))
             return
         _write_frame(stdout, _SERVING, reply)
+
+
+def _capped(item: Item, max_chars: int) -> Item:
+    """A record whose text is over ``max_chars`` fails here, not after its text crossed over
+    to the server (files are checked by their parser already)."""
+    if isinstance(item, Document) and len(item.text) > max_chars:
+        try:
+            check_chars(len(item.text), max_chars)
+        except BudgetExceeded as exc:
+            source = item.metadata.get("source") if isinstance(item.metadata, dict) else None
+            return IngestFailure.of(str(source or item.id), exc)
+    return item
 
 
 def _over_memory(name: str, limits: Limits) -> IngestFailure:
