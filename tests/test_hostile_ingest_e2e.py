@@ -229,3 +229,16 @@ def test_a_poisoned_json_document_fails_alone_in_its_request(live: tuple[str, in
     assert answers[0].status_code == 200, answers[0].text
     assert results["p2"]["status"] == "failed" and "lone surrogate" in results["p2"]["error"]
     assert [results[f"p{i}"]["status"] for i in (0, 1, 3)] == ["created"] * 3
+
+
+def test_a_twenty_megabyte_embeddings_input_costs_what_the_model_sees(
+    live: tuple[str, int],
+) -> None:
+    url, pid = live
+    with Watch(url, pid) as watch, httpx.Client(base_url=url, timeout=120) as client:
+        r = client.post("/v1/embeddings", json={"input": ["word " * 4_000_000, "short"]})
+    assert r.status_code == 200, r.text
+    # Counted on the text the model is given (512 tokens x 64 characters), not all 4 M words.
+    assert 6500 < r.json()["usage"]["prompt_tokens"] < 6600  # 32,768 chars / 5 + "short"
+    assert max(watch.health) < 2.0 and set(watch.statuses) == {200}
+    assert watch.peak_rss < 1024 * MB, watch.peak_rss / MB

@@ -27,7 +27,7 @@ from ragserve.ingest.limits import Limits
 from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure, Item
 from ragserve.ingest.worker import ParsePool
-from ragserve.models.embedder import check_text, check_texts
+from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, check_text, check_texts
 from ragserve.models.reranker import sigmoid
 from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService, document_id_for
@@ -431,7 +431,11 @@ def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
     if body.dimensions is not None and body.dimensions < embedder.dimension:
         vectors = vectors[:, : body.dimensions]
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    tokens = sum(len(embedder.token_spans(t)) for t in texts)
+    # Counted on what the model is given (each text cut at max_length x 64 characters, see
+    # models.embedder): a 60 MB input no longer costs a minute of tokenizing to be counted.
+    spec = getattr(embedder, "spec", None)
+    keep = spec.max_length * CHARS_PER_TOKEN_KEPT if spec is not None else None
+    tokens = sum(len(embedder.token_spans(t[:keep])) for t in texts)
     data = []
     for i, vec in enumerate(vectors.astype(np.float32)):
         value: list[float] | str = (
