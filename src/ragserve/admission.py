@@ -15,7 +15,7 @@ so no request waits in a thread pool's unbounded queue. Per kind:
 * a waiting request whose client disconnected leaves the queue; its work is never run.
 
 ``Retry-After`` is the time the queue takes to drain at the measured rate,
-``ceil((waiting + 1) x S / workers)``, at least 1 s.
+``ceil((waiting + 1) x S / workers)``, at least 1 s and at most 60.
 
 :class:`Gate` is plain, thread-safe bookkeeping with an injected clock (unit-tested with a fake
 one); :class:`Admission` holds one gate per :class:`Kind` and does the waiting on asyncio and
