@@ -21,6 +21,13 @@ Metrics (``GET /metrics``)::
     ragserve_batcher_rejected_total{batcher}              counter; submissions refused (429)
     ragserve_batch_size{batcher}                          summary; _count = model calls,
                                                           _sum = items, quantiles: last 1024
+    ragserve_admission_running{kind}                      gauge; requests holding a slot
+    ragserve_admission_waiting{kind}                      gauge; requests queued for one
+    ragserve_admission_service_seconds{kind}              gauge; EWMA of a slot's hold time
+    ragserve_admission_admitted_total{kind}               counter; requests given a slot
+    ragserve_admission_shed_total{kind,reason}            counter; 429s: refused (at once),
+                                                          expired (queued past their time),
+                                                          abandoned (client left while queued)
     ragserve_model_load_seconds{model,kind}               gauge
     ragserve_collection_documents{collection}             gauge
     ragserve_collection_chunks{collection}                gauge
@@ -67,6 +74,7 @@ from prometheus_client.registry import Collector
 from ragserve.errors import RagserveError
 
 if TYPE_CHECKING:
+    from ragserve.admission import Admission
     from ragserve.batching import MicroBatcher
     from ragserve.service import RetrievalService
 
@@ -351,6 +359,49 @@ def rss_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+class AdmissionCollector(Collector):
+    """Reads the admission gates (:mod:`ragserve.admission`) at scrape time."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        kind = ["kind"]
+        running = GaugeMetricFamily(
+            "ragserve_admission_running", "Requests holding a slot.", labels=kind
+        )
+        waiting = GaugeMetricFamily(
+            "ragserve_admission_waiting", "Requests queued for a slot.", labels=kind
+        )
+        service = GaugeMetricFamily(
+            "ragserve_admission_service_seconds",
+            "EWMA of the time a slot is held (absent until a request has finished).",
+            labels=kind,
+        )
+        admitted = CounterMetricFamily(
+            "ragserve_admission_admitted", "Requests given a slot.", labels=kind
+        )
+        shed = CounterMetricFamily(
+            "ragserve_admission_shed",
+            "Requests answered 429: refused at once, expired in the queue, or abandoned by "
+            "their client while queued.",
+            labels=["kind", "reason"],
+        )
+        for snap in self._admission.snapshot():
+            running.add_metric([snap.kind], snap.running)
+            waiting.add_metric([snap.kind], snap.waiting)
+            if snap.service_seconds is not None:
+                service.add_metric([snap.kind], snap.service_seconds)
+            admitted.add_metric([snap.kind], snap.admitted)
+            shed.add_metric([snap.kind, "refused"], snap.rejected)
+            shed.add_metric([snap.kind, "expired"], snap.expired)
+            shed.add_metric([snap.kind, "abandoned"], snap.abandoned)
+        yield from (running, waiting, service, admitted, shed)
 
 
 class ServiceCollector(Collector):

@@ -49,6 +49,11 @@ def test_each_kind_has_its_own_bounded_queue_and_health_answers_throughout(
             assert queued.result(30).status_code == 200
         snap = gate.snapshot()
         assert (snap.running, snap.waiting, snap.rejected, snap.admitted) == (0, 0, 1, 2)
+        scraped = client.get("/metrics").text
+        assert 'ragserve_admission_shed_total{kind="search",reason="refused"} 1.0' in scraped
+        assert 'ragserve_admission_admitted_total{kind="search"} 2.0' in scraped
+        assert 'ragserve_admission_waiting{kind="rerank"} 0.0' in scraped
+        assert 'ragserve_admission_service_seconds{kind="search"}' in scraped
 
 
 def test_ingest_and_rerank_are_admitted_and_answer_as_before(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
+from ragserve.metrics import AdmissionCollector
 from ragserve.service import RetrievalService
 from ragserve.store.sqlite_health import ReportsHealth
 
@@ -137,5 +138,6 @@ def create_app(
     app.include_router(models_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
-        install_observability(app, lambda: state.service if state.ready else None)
+        metrics = install_observability(app, lambda: state.service if state.ready else None)
+        metrics.registry.register(AdmissionCollector(admission))
     return app
