@@ -81,3 +81,16 @@ def test_lone_surrogates_fail_their_own_document_or_request(small: TestClient) -
         r = small.post(path, content=payload, headers={"content-type": "application/json"})
         assert r.status_code == 422, (path, r.text)
         assert error_of(r)["type"] == "invalid_request"
+
+
+def test_the_parser_processes_end_with_the_app(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    ready = ready_client(settings, make_service(settings))
+    client = next(ready)
+    client.post("/v1/collections", json={"name": "docs"})
+    files = [("files", ("a.txt", b"some text", "text/plain"))]
+    assert client.post("/v1/collections/docs/documents", files=files).status_code == 200
+    (worker,) = client.app.state.parsing.pool._all  # type: ignore[attr-defined]
+    assert worker.alive()
+    next(ready, None)  # leaves the client: the app shuts down
+    assert worker.proc.wait(timeout=10) is not None

@@ -113,6 +113,9 @@ def create_app(
             yield
         finally:
             admission.close()
+            parsing = getattr(app.state, "parsing", None)
+            if parsing is not None:  # the upload parser processes (routes._parsing)
+                parsing.pool.close()
             loader.join(timeout=60)
             if state.service is not None and service is None:
                 state.service.close()
