@@ -1,7 +1,8 @@
 """Embedded store at 100,000 chunks x 384 dimensions: latency, ANN recall, memory, build time.
 
 Run: ``python -m bench.store_bench`` (store figures) or
-``python -m bench.store_bench --compare-libraries`` (usearch vs hnswlib vs faiss, same vectors).
+``python -m bench.store_bench --compare-libraries`` (hnswlib vs faiss vs voyager, same vectors;
+``--libraries`` picks among the installed ones, usearch too).
 Prints JSON. Chunk texts are sentences of the SciFact corpus (read from
 ``/work/shared/eval/scifact``, never copied). Vectors: ``--vectors mixture`` (default) draws each
 as a random mixture of two real bge-small SciFact document embeddings plus noise (real
@@ -95,66 +96,181 @@ def p50_ms(fn: Callable[[int], object], n: int, rounds: int = 3) -> float:
 
 # --------------------------------------------------------------------------- library comparison
 
+#: Libraries ``--compare-libraries`` knows; each is measured only if it is installed. usearch
+#: (2.26.6) is left out unless asked for: importing onnxruntime after it kills the process.
+LIBRARIES = ("hnswlib", "faiss", "voyager", "usearch")
+DEFAULT_LIBRARIES = ("hnswlib", "faiss", "voyager")
+MODULES = {"hnswlib": "hnswlib", "faiss": "faiss", "voyager": "voyager", "usearch": "usearch.index"}
+EFS = (64, 96, 128, 192, 256)
+M, EF_CONSTRUCTION = 16, 128
 
-def build_library(
-    name: str, m: int, vectors: F32
-) -> tuple[Callable[[int], None], Callable[[F32, int], npt.NDArray[np.int64]]]:
-    """Build one HNSW (2 threads); return (set_ef, search one query)."""
-    import faiss
-    import hnswlib
+Search = Callable[[F32, int, int], npt.NDArray[np.int64]]
+
+
+def installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(MODULES[name].split(".")[0]) is not None
+
+
+def build_and_save(name: str, vectors: F32, path: Path) -> object:
+    """Build one HNSW index (M=16, ef_construction=128, 2 threads) and save it to ``path``;
+    returns the index (the caller measures its memory). Keys are ``1000 + row`` (the store's
+    keys are SQLite rowids, not positions)."""
+    keys = np.arange(len(vectors), dtype=np.int64) + 1000
+    if name == "hnswlib":
+        import hnswlib
+
+        h = hnswlib.Index(space="ip", dim=DIM)
+        h.init_index(max_elements=len(vectors), ef_construction=EF_CONSTRUCTION, M=M)
+        h.add_items(vectors, keys.astype(np.uint64), num_threads=2)
+        h.save_index(str(path))
+        return h
+    elif name == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(2)
+        hnsw = faiss.IndexHNSWFlat(DIM, M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = EF_CONSTRUCTION
+        f = faiss.IndexIDMap2(hnsw)
+        f.add_with_ids(vectors, keys)
+        faiss.write_index(f, str(path))
+        return f
+    elif name == "voyager":
+        import voyager
+
+        v = voyager.Index(
+            voyager.Space.InnerProduct,
+            num_dimensions=DIM,
+            M=M,
+            ef_construction=EF_CONSTRUCTION,
+            max_elements=len(vectors),
+        )
+        v.add_items(vectors, keys.tolist(), num_threads=2)
+        v.save(str(path))
+        return v
+    else:
+        from usearch.index import Index
+
+        u = Index(ndim=DIM, metric="ip", dtype="f32", connectivity=M, expansion_add=128)
+        u.add(keys.astype(np.uint64), vectors, threads=2)
+        u.save(str(path))
+        return u
+
+
+def load(name: str, path: Path) -> Search:
+    """Open a saved index; returns ``search(query, k, ef) -> keys`` (one query, one thread)."""
+    if name == "hnswlib":
+        import hnswlib
+
+        h = hnswlib.Index(space="ip", dim=DIM)
+        h.load_index(str(path))
+
+        def search_h(q: F32, k: int, ef: int) -> npt.NDArray[np.int64]:
+            h.set_ef(ef)
+            return np.asarray(h.knn_query(q[None], k, num_threads=1)[0][0], dtype=np.int64)
+
+        return search_h
+    if name == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        f = faiss.read_index(str(path))
+        params = {ef: faiss.SearchParametersHNSW(efSearch=ef) for ef in EFS}
+
+        def search_f(q: F32, k: int, ef: int) -> npt.NDArray[np.int64]:
+            return np.asarray(f.search(q[None], k, params=params[ef])[1][0], dtype=np.int64)
+
+        return search_f
+    if name == "voyager":
+        import voyager
+
+        v = voyager.Index.load(str(path))
+        return lambda q, k, ef: np.asarray(v.query(q, k, query_ef=ef)[0], dtype=np.int64)
     from usearch.index import Index
 
-    n = len(vectors)
-    if name == "usearch":
-        u = Index(ndim=DIM, metric="ip", dtype="f32", connectivity=m, expansion_add=128)
-        u.add(np.arange(n, dtype=np.uint64), vectors, threads=2)
+    u = Index.restore(str(path))
+    assert u is not None
 
-        def set_u(ef: int) -> None:
-            u.expansion_search = ef
+    def search_u(q: F32, k: int, ef: int) -> npt.NDArray[np.int64]:
+        u.expansion_search = ef
+        return np.asarray(u.search(q, k).keys, dtype=np.int64)
 
-        return set_u, lambda q, k: np.asarray(u.search(q, k).keys, dtype=np.int64)
-    if name == "hnswlib":
-        h = hnswlib.Index(space="ip", dim=DIM)
-        h.init_index(max_elements=n, ef_construction=128, M=m)
-        h.set_num_threads(2)
-        h.add_items(vectors, np.arange(n))
-        h.set_num_threads(1)
-        return h.set_ef, lambda q, k: np.asarray(h.knn_query(q[None], k)[0][0], dtype=np.int64)
-    faiss.omp_set_num_threads(2)
-    f = faiss.IndexHNSWFlat(DIM, m, faiss.METRIC_INNER_PRODUCT)
-    f.hnsw.efConstruction = 128
-    f.add(vectors)
-    faiss.omp_set_num_threads(1)
-
-    def set_f(ef: int) -> None:
-        f.hnsw.efSearch = ef
-
-    return set_f, lambda q, k: np.asarray(f.search(q[None], k)[1][0], dtype=np.int64)
+    return search_u
 
 
-def compare_libraries(vectors: F32, queries: F32, k: int = 10) -> dict[str, Any]:
-    truth = exact_topk(vectors, queries, k)
-    results: dict[str, Any] = {}
-    for m in (16,):
-        for name in ("usearch", "hnswlib", "faiss"):
+def build_child(name: str, vectors_file: Path, path: Path) -> dict[str, Any]:
+    """In a fresh process: build + save one library's index; build time, memory the index
+    holds after the build, file size."""
+    vectors = np.load(vectors_file, allow_pickle=False)  # one buffer: no freed temporaries
+    __import__(MODULES[name])
+    rss0 = rss_mb()
+    t = time.perf_counter()
+    index = build_and_save(name, vectors, path)
+    took = time.perf_counter() - t
+    rss = rss_mb()
+    del index
+    return {
+        "build_save_s": round(took, 1),
+        "rss_build_mb": round(rss - rss0, 1),
+        "file_mb": round(path.stat().st_size / 2**20, 1),
+    }
+
+
+def compare_libraries(
+    n: int, kind: str, n_queries: int, libraries: list[str], k: int = 10, rounds: int = 3
+) -> dict[str, Any]:
+    """Every library on the same vectors: each index built and saved in its own process (build
+    time and RSS without the others' memory), then all reopened here and queried interleaved
+    (round by round, so load on the shared machine hits every library alike)."""
+    import subprocess
+    import sys
+
+    vectors = make_vectors(n, kind, seed=1)
+    queries = make_vectors(n_queries, kind, seed=2)
+    truth = exact_topk(vectors, queries, k) + 1000
+    per_lib: dict[str, dict[str, Any]] = {}
+    searches: dict[str, Search] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors_file = Path(tmp) / "vectors.npy"
+        np.save(vectors_file, vectors, allow_pickle=False)
+        del vectors
+        for name in libraries:
+            path = Path(tmp) / f"{name}.index"
+            cmd = [sys.executable, "-m", "bench.store_bench", "--build-child", name]
+            cmd += ["--vectors-file", str(vectors_file), "--out", str(path)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+            per_lib[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            __import__(MODULES[name])  # import time and memory are not the index's
+            rss0 = rss_mb()
             t = time.perf_counter()
-            set_ef, one = build_library(name, m, vectors)
-            build = round(time.perf_counter() - t, 1)
-            for ef in (64, 96, 128, 256):  # ef_search (usearch: expansion_search)
-                set_ef(ef)
-                found = [one(q, k) for q in queries]
-                hits = sum(
-                    len(set(f.tolist()) & set(t.tolist()))
-                    for f, t in zip(found, truth, strict=True)
-                )
-                key = f"{name} M={m} ef={ef}"
-                results[key] = {
-                    "build_s": build,
-                    "query_p50_ms": p50_ms(lambda i, one=one: one(queries[i], k), len(queries)),
-                    "recall@10": round(hits / (len(queries) * k), 4),
-                }
-                print(json.dumps({key: results[key]}), flush=True)
-    return results
+            searches[name] = load(name, path)
+            per_lib[name]["reopen_s"] = round(time.perf_counter() - t, 3)
+            per_lib[name]["rss_reopen_mb"] = round(rss_mb() - rss0, 1)
+            print(json.dumps({name: per_lib[name]}), flush=True)
+    results: dict[str, Any] = {}
+    medians: dict[str, list[float]] = {}
+    for name in libraries:
+        for ef in EFS:
+            found = [searches[name](q, k, ef) for q in queries]
+            hits = sum(
+                len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)
+            )
+            results[f"{name} ef={ef}"] = {"recall@10": round(hits / truth.size, 4)}
+    for _ in range(rounds):
+        for name in libraries:
+            for ef in EFS:
+                search = searches[name]
+                times = []
+                for q in queries:
+                    t = time.perf_counter()
+                    search(q, k, ef)
+                    times.append((time.perf_counter() - t) * 1000)
+                medians.setdefault(f"{name} ef={ef}", []).append(statistics.median(times))
+    for key, values in medians.items():
+        results[key]["query_p50_ms"] = round(statistics.median(values), 3)
+        print(json.dumps({key: results[key]}), flush=True)
+    return {"libraries": per_lib, "searches": results}
 
 
 # --------------------------------------------------------------------------- store benchmark
@@ -265,11 +381,25 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--chunks-per-doc", type=int, default=10)
     parser.add_argument("--compare-libraries", action="store_true")
+    parser.add_argument(
+        "--libraries",
+        default=",".join(DEFAULT_LIBRARIES),
+        help=f"for --compare-libraries, of {', '.join(LIBRARIES)} (installed ones only)",
+    )
+    parser.add_argument("--build-child", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--vectors-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_child:
+        print(json.dumps(build_child(args.build_child, args.vectors_file, args.out)))
+        return
     if args.compare_libraries:
-        vectors = make_vectors(args.chunks, args.vectors, seed=1)
-        queries = make_vectors(args.queries, args.vectors, seed=2)
-        result = compare_libraries(vectors, queries)
+        names = [x for x in args.libraries.split(",") if x]
+        unknown = sorted(set(names) - set(LIBRARIES))
+        if unknown:
+            parser.error(f"unknown libraries {unknown}; known: {', '.join(LIBRARIES)}")
+        names = [x for x in names if installed(x)]
+        result = compare_libraries(args.chunks, args.vectors, args.queries, names)
         print(json.dumps({"chunks": args.chunks, "vectors": args.vectors, "results": result}))
         return
     print(json.dumps(store_bench(args.chunks, args.vectors, args.chunks_per_doc, args.queries)))
