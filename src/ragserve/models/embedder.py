@@ -270,6 +270,9 @@ class OnnxEmbedder:
         token strings, offsets...) and one Python tuple per token for a 10 MB text cost 3 GB.
         """
         check_text(text)
+        if len(text) <= SPAN_WINDOW:  # most texts: one call, no batch to dispatch
+            enc = self._spans_tokenizer.encode(text, add_special_tokens=False)
+            return np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         windows = list(_windows(text, SPAN_WINDOW))
         parts: list[npt.NDArray[np.int64]] = []
         for group in range(0, len(windows), 16):
