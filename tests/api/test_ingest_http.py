@@ -94,3 +94,16 @@ def test_the_parser_processes_end_with_the_app(tmp_path: Path) -> None:
     assert worker.alive()
     next(ready, None)  # leaves the client: the app shuts down
     assert worker.proc.wait(timeout=10) is not None
+
+
+def test_a_json_document_over_max_document_chars_fails_alone(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_document_chars=100)
+    ready = ready_client(settings, make_service(settings))
+    client = next(ready)
+    client.post("/v1/collections", json={"name": "docs"})
+    docs = [{"id": "long", "text": "x" * 101}, {"id": "ok", "text": "fits"}]
+    r = client.post("/v1/collections/docs/documents", json={"documents": docs})
+    long, ok = r.json()["results"]
+    assert long["error"] == "the text is 101 characters, over the limit of 100 (max_document_chars)"
+    assert ok["status"] == "created"
+    next(ready, None)

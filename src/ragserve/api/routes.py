@@ -24,6 +24,7 @@ from ragserve.config import Settings
 from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
 from ragserve.fusion import parse_fusion, settings_fusion
 from ragserve.ingest.limits import Limits
+from ragserve.ingest.parsers import check_chars
 from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure, Item
 from ragserve.ingest.worker import ParsePool
@@ -251,6 +252,7 @@ def _json_documents(raw: bytes, settings: Settings) -> list[Document | IngestFai
         where = d.id or f"documents[{index}]"
         try:  # as a record of an uploaded JSONL file: one bad document fails alone
             check_record(where, d.text, d.title, d.metadata, settings.max_document_bytes)
+            check_chars(len(d.text), settings.max_document_chars)
         except RagserveError as exc:
             items.append(IngestFailure.of(where, exc))
             continue
