@@ -4,8 +4,9 @@
 # pip, no torch), runs as a non-root user and starts offline.
 #
 # Bases: by default a minimal Debian 12 (bookworm, python3 3.11) made from Debian packages by
-# scripts/make-base-image (no registry needed): BUILD_BASE adds python3-venv, BASE has python3
-# only. With Docker Hub at hand any Python 3.11 image works for both:
+# scripts/make-base-image (no registry needed): BASE has python3 and CA certificates and no
+# package manager, BUILD_BASE adds python3-venv and binutils. With Docker Hub at hand any
+# Python 3.11 image should do for both (not tried here: no Docker Hub):
 #   docker build --build-arg BASE=python:3.11-slim-bookworm \
 #                --build-arg BUILD_BASE=python:3.11-slim-bookworm -t ragserve .
 # scripts/image-check builds, starts and checks the image (podman or docker).
@@ -32,8 +33,9 @@ RUN python3 -m venv /opt/ragserve \
 # (the runtime user cannot write /opt/models; loads then skip graph optimization). The saved
 # graph is found by a key that includes the model file's mtime in nanoseconds, and image layers
 # keep whole seconds: the files' mtimes are cut to the second before warming, or the runtime
-# would never find the graph (it did not: 64 MB carried for nothing, 0.5 s per start). The key
-# also includes the CPU model and flags: on another kind of CPU the graph is built at each start.
+# would never find the graph (it did not: 64 MB carried for nothing; bge-small then loaded in
+# 0.51 s instead of 0.31 s). The key also includes the CPU model and flags: on another kind of
+# CPU the graph is built at each start.
 # Then the virtualenv loses what serving never runs (the image must stay under 500 MB; each line
 # saved what it says on the default build):
 # - the installer (pip, setuptools, wheel);
@@ -50,8 +52,8 @@ RUN python3 -m venv /opt/ragserve \
 # - debug symbols of the extension modules (strip --strip-unneeded, where binutils is there:
 #   the Debian build base has it; ~28 MB). Not the libraries auditwheel vendored in *.libs/:
 #   stripping numpy's OpenBLAS leaves it unloadable ("ELF load command ... not page-aligned").
-# The bytecode pip compiled stays: the runtime user cannot write it, and compiling every import
-# at each start would slow it.
+# The rest of the bytecode pip compiled stays: the runtime user cannot write it, and compiling
+# every import at each start would slow it.
 ENV RAGSERVE_MODEL_DIR=/opt/models
 RUN /opt/ragserve/bin/ragserve models pull \
  && find /opt/models -type f -exec sh -c 'touch -d "@$(stat -c %Y "$1")" "$1"' _ {} \; \
