@@ -67,3 +67,33 @@ def test_a_full_queue_is_refused_at_once() -> None:
     finally:
         run.gate.set()
         batcher.close()
+
+
+class FailsOnNegative(GatedDouble):
+    """Doubles numbers, but a batch holding a negative one fails as a whole (as a model call
+    does when one of its inputs cannot be encoded)."""
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        out = super().__call__(items)
+        if any(x < 0 for x in items):
+            raise ValueError("negative input")
+        return out
+
+
+def test_a_failing_batch_fails_only_the_callers_whose_input_fails_alone() -> None:
+    run = FailsOnNegative()
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, workers=1, max_batch=64)
+    try:
+        held = batcher.submit([0])
+        wait_until(lambda: run.inside == 1)  # the next three wait, then run as one batch
+        good, bad, other = batcher.submit([1, 2]), batcher.submit([-1]), batcher.submit([3])
+        run.gate.set()
+        assert held.result(10) == [0]
+        assert good.result(10) == [2, 4] and other.result(10) == [6]
+        with pytest.raises(ValueError, match="negative input"):
+            bad.result(10)
+        assert [1, 2, -1, 3] in run.batches, "they were batched together first"
+        assert [-1] in run.batches and [1, 2] in run.batches, "then each ran alone"
+    finally:
+        run.gate.set()
+        batcher.close()

@@ -125,6 +125,12 @@ class MicroBatcher(Generic[In, Out]):
                 self._cond.notify()
             return jobs
 
+    def _run_alone(self, job: _Job[In, Out]) -> None:
+        try:
+            job.future.set_result(list(self._run(list(job.items))))
+        except BaseException as exc:  # noqa: BLE001 - handed to this caller
+            job.future.set_exception(exc)
+
     def _loop(self) -> None:
         while True:
             jobs = self._take()
@@ -133,9 +139,14 @@ class MicroBatcher(Generic[In, Out]):
             flat = [item for job in jobs for item in job.items]
             try:
                 results = list(self._run(flat))
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
-                for job in jobs:
-                    job.future.set_exception(exc)
+            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                if len(jobs) == 1:
+                    jobs[0].future.set_exception(exc)
+                else:
+                    # One caller's bad input must not fail its batch-mates: each runs again
+                    # on its own, and only the ones that fail alone get their error.
+                    for job in jobs:
+                        self._run_alone(job)
             else:
                 offset = 0
                 for job in jobs:
