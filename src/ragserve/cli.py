@@ -393,11 +393,13 @@ def ingest(
 
     from ragserve.errors import CollectionNotFound
     from ragserve.ingest import sources
+    from ragserve.ingest.limits import Limits
     from ragserve.service import STAGES, IngestTimings
 
     svc = _service(bulk=True)
     try:
         s = svc.settings
+        limits = Limits.from_settings(s)  # the same per-document budgets as the server's
         try:
             svc.get_collection(collection)
         except CollectionNotFound:
@@ -406,7 +408,7 @@ def ingest(
             svc.create_collection(collection, embedder)
         if path == "-":
             fmt = stdin_format if stdin_format in ("auto", "jsonl", "json", "text") else "auto"
-            items = sources.stdin_source(max_bytes=s.max_document_bytes, fmt=fmt)  # type: ignore[arg-type]
+            items = sources.stdin_source(max_bytes=s.max_document_bytes, fmt=fmt, limits=limits)  # type: ignore[arg-type]
             total = None
         else:
             root = Path(path)
@@ -415,7 +417,7 @@ def ingest(
             inc = tuple(include) if include else sources.DEFAULT_INCLUDE
             exc = (*sources.DEFAULT_EXCLUDE, *(exclude or ()))  # hidden files stay out
             items = sources.iter_path(
-                root, max_bytes=s.max_document_bytes, include=inc, exclude=exc
+                root, max_bytes=s.max_document_bytes, include=inc, exclude=exc, limits=limits
             )
             total = (
                 sum(1 for _ in sources.walk_files(root, include=inc, exclude=exc))

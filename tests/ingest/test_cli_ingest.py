@@ -64,3 +64,23 @@ def test_the_cli_ingest_keeps_onnx_threads_spinning_unless_told_otherwise(
             assert svc.models.session_config.spinning == expected
         finally:
             svc.close()
+
+
+@pytest.mark.slow
+def test_the_cli_ingest_applies_the_servers_per_document_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .conftest import make_docx
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    make_docx(tree / "report.docx")
+    (tree / "notes.txt").write_text("Plain notes about octopus hearts.", encoding="utf-8")
+    monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAGSERVE_MAX_EXPANDED_BYTES", "1024")  # the DOCX unpacks to more
+    result = CliRunner().invoke(app, ["ingest", str(tree), "--collection", "budgets"])
+    assert result.exit_code == 1, result.output
+    assert "1 created" in result.output and "1 failed" in result.output
+    flat = re.sub(r"[\s│]+", "", result.output)  # the failure table wraps its lines
+    assert "report.docx" in flat and "DOCXexpandsto" in flat  # 64 MiB by default: taken

@@ -263,7 +263,12 @@ def iter_bytes(
 
 
 def iter_file(
-    path: Path, *, max_bytes: int, doc_id: str | None = None, source: str | None = None
+    path: Path,
+    *,
+    max_bytes: int,
+    doc_id: str | None = None,
+    source: str | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Item]:
     """One file: one document, or its records for JSON / JSONL (streamed)."""
     source = source or path.as_posix()
@@ -284,7 +289,12 @@ def iter_file(
             data = fh.read(max_bytes + 1)
         check_size(len(data), max_bytes, "the file")
         yield parse_bytes(
-            data, path.name, max_bytes=max_bytes, doc_id=doc_id or source, source=source
+            data,
+            path.name,
+            max_bytes=max_bytes,
+            doc_id=doc_id or source,
+            source=source,
+            limits=limits,
         )
     except OSError as exc:
         yield IngestFailure(source, f"cannot read the file: {exc.strerror or exc}", "parse_error")
@@ -299,6 +309,7 @@ def iter_stream(
     fmt: StreamFormat = "auto",
     source: str = "<stdin>",
     doc_id: str | None = None,
+    limits: Limits | None = None,
 ) -> Iterator[Item]:
     """Standard input (or any binary stream): JSONL records, a JSON document, or one text.
 
@@ -319,15 +330,22 @@ def iter_stream(
     try:
         check_size(len(data), max_bytes, "the input")
         yield parse_bytes(
-            data, "stdin", max_bytes=max_bytes, doc_id=doc_id or source, source=source
+            data,
+            "stdin",
+            max_bytes=max_bytes,
+            doc_id=doc_id or source,
+            source=source,
+            limits=limits,
         )
     except RagserveError as exc:
         yield IngestFailure.of(source, exc)
 
 
-def stdin_source(*, max_bytes: int, fmt: StreamFormat = "auto") -> Iterator[Item]:
+def stdin_source(
+    *, max_bytes: int, fmt: StreamFormat = "auto", limits: Limits | None = None
+) -> Iterator[Item]:
     """:func:`iter_stream` over the process's standard input."""
-    return iter_stream(sys.stdin.buffer, max_bytes=max_bytes, fmt=fmt)
+    return iter_stream(sys.stdin.buffer, max_bytes=max_bytes, fmt=fmt, limits=limits)
 
 
 # ---------------------------------------------------------------------------- directories
@@ -403,6 +421,7 @@ def iter_directory(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ids: IdScheme = "relative",
     id_prefix: str = "",
+    limits: Limits | None = None,
 ) -> Iterator[Item]:
     """Every matching file under ``root``, in sorted order (see the module docstring)."""
     if not root.is_dir():
@@ -410,7 +429,9 @@ def iter_directory(
         return
     for path, rel in walk_files(root, include=include, exclude=exclude):
         source = rel if ids == "relative" else path.resolve().as_posix()
-        yield from iter_file(path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source)
+        yield from iter_file(
+            path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source, limits=limits
+        )
 
 
 def iter_path(
@@ -421,13 +442,18 @@ def iter_path(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ids: IdScheme = "relative",
     id_prefix: str = "",
+    limits: Limits | None = None,
 ) -> Iterator[Item]:
-    """A directory (walked) or one file (id: its name for ``relative``, else its absolute path)."""
+    """A directory (walked) or one file (id: its name for ``relative``, else its absolute path).
+
+    ``limits`` bound what parsing one file may expand to (default: :class:`Limits`' defaults)."""
     if path.is_dir():
         yield from iter_directory(
             path, max_bytes=max_bytes, include=include, exclude=exclude, ids=ids,
-            id_prefix=id_prefix,
+            id_prefix=id_prefix, limits=limits,
         )  # fmt: skip
         return
     source = path.name if ids == "relative" else path.resolve().as_posix()
-    yield from iter_file(path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source)
+    yield from iter_file(
+        path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source, limits=limits
+    )
