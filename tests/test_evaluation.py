@@ -154,7 +154,7 @@ def test_paired_randomization_test() -> None:
             ("minmax", {"dense": 0.8, "lexical": 0.2}, 60),
         ),
         ("zscore:auto+rerank", "hybrid", True, ("zscore", None, 60)),
-        ("dbsf", "hybrid", False, ("dbsf", None, 60)),
+        ("dbsf", "hybrid", False, ("dbsf", {"dense": 1.0, "lexical": 1.0}, 60)),
     ],
 )
 def test_parse_run(text: str, mode: str, rerank: bool, fusion: Any) -> None:

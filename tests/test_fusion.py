@@ -127,3 +127,36 @@ def test_parse_fusion_takes_missing_keys_from_the_default() -> None:
     assert parse_fusion({"k": 5}, default) == FusionSpec("rrf", {"dense": 1.0, "lexical": 0.5}, 5)
     assert parse_fusion({"weights": "auto"}, default).weights is None
     assert parse_fusion({"method": "dbsf"}, default).method == "dbsf"
+
+
+def test_adaptive_weights_favour_the_leg_whose_best_hits_stand_out() -> None:
+    from ragserve.fusion import adaptive_weights, peakedness
+
+    flat = [1.0 - i * 0.01 for i in range(50)]  # gentle fall-off: nothing specific found
+    peaked = [5.0, 4.8] + [1.0 - i * 0.01 for i in range(48)]  # two clear winners
+    assert peakedness(peaked) > 2 * peakedness(flat)
+    w = adaptive_weights({"dense": peaked, "lexical": flat})
+    assert w["dense"] > 0.6 and w["lexical"] < 0.4
+    assert sum(w.values()) == pytest.approx(1.0)
+    w = adaptive_weights({"dense": flat, "lexical": peaked})
+    assert w["lexical"] > 0.6
+    # Same shape, any scale: BM25's unbounded scores and cosines are treated alike.
+    scaled = adaptive_weights({"dense": peaked, "lexical": [x * 17.0 for x in peaked]})
+    assert scaled["dense"] == pytest.approx(0.5)
+    # An empty leg gets nothing; a one-hit or all-tied leg the floor, never more than a spread.
+    assert adaptive_weights({"dense": peaked, "lexical": []}) == {"dense": 1.0, "lexical": 0.0}
+    assert adaptive_weights({"dense": [], "lexical": []}) == {"dense": 0.5, "lexical": 0.5}
+    assert peakedness([3.0]) == peakedness([2.0, 2.0]) == 0.5
+    assert peakedness([100.0] + [0.0] * 49) == 7.0  # (100 - 2) / 14: the z of the best score
+
+
+def test_adaptive_fusion_reports_the_weights_it_chose() -> None:
+    flat = [ref(d, 1.0 - i * 0.01) for i, d in enumerate("abcdefghij")]
+    peaked = [ref("x", 9.0)] + [ref(d, 1.0 - i * 0.01) for i, d in enumerate("klmnopqrs")]
+    fused = fuse([("dense", flat), ("lexical", peaked)], FusionSpec("minmax", None))
+    assert fused.weights["lexical"] > fused.weights["dense"]
+    assert fused.candidates[0].chunk.document_id == "x"
+
+
+def test_the_default_is_minmax_with_equal_weights() -> None:
+    assert FusionSpec() == FusionSpec("minmax", {"dense": 1.0, "lexical": 1.0}, 60)

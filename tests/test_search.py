@@ -321,3 +321,39 @@ def test_real_models_rank_the_relevant_passage_first(tmp_path: Path) -> None:
             assert searcher.search("kb", req).hits[0].document_id == "dogs"
     assert np.isfinite(searcher.search("kb", SearchRequest("tea", rerank=True)).hits[0].score)
     s.close()
+
+
+def test_hybrid_reports_its_fusion_and_a_request_can_choose_another(
+    store: SqliteStore, embedder: FakeEmbedder
+) -> None:
+    searcher = Searcher(store, embedder)
+    result = searcher.search("kb", SearchRequest("green tea leaves"))
+    assert result.fusion == {
+        "method": "minmax",
+        "k": 60,
+        "adaptive": False,
+        "weights": {"dense": 1.0, "lexical": 1.0},
+    }
+    auto = searcher.search("kb", SearchRequest("green tea leaves", fusion=FusionSpec("rrf", None)))
+    assert auto.fusion is not None and auto.fusion["adaptive"] is True
+    assert sum(auto.fusion["weights"].values()) == pytest.approx(1.0)
+    assert searcher.search("kb", SearchRequest("tea", mode="dense")).fusion is None
+    # The searcher's own default (from Settings in the service) applies when a request has none.
+    lexical_only = Searcher(store, embedder, fusion=FusionSpec("rrf", {"lexical": 1.0}))
+    got = lexical_only.search("kb", SearchRequest("green tea leaves")).fusion
+    assert got is not None and got["weights"] == {"dense": 0.0, "lexical": 1.0}
+
+
+def test_head_signals_follow_the_fusion_weights() -> None:
+    from ragserve.search import head_signals
+
+    # The fused rank weighs what both legs do together; each leg a quarter of that.
+    assert head_signals("hybrid", {"dense": 1.0, "lexical": 1.0}, 1.0) == {
+        "fused": 2.0,
+        "dense": 0.5,
+        "lexical": 0.5,
+    }
+    assert head_signals("hybrid", {"dense": 0.8, "lexical": 0.2}, 0.5) == pytest.approx(
+        {"fused": 1.0, "dense": 0.4, "lexical": 0.1}
+    )
+    assert head_signals("dense", {}, 1.0) == {"dense": 1.0, "lexical": 1.0}

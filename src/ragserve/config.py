@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         "cores. `ragserve ingest` uses 0 unless this is set.",
     )
     fusion_method: Literal["rrf", "minmax", "zscore", "dbsf"] = Field(
-        default="rrf",
+        default="minmax",
         description="How hybrid searches fuse dense and lexical candidates unless a request "
         "says otherwise: `rrf` (weighted reciprocal rank fusion), or a weighted sum of each "
         "leg's scores normalised per query by `minmax`, `zscore` or `dbsf` (ragserve.fusion).",
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     fusion_weights: dict[str, float] | None = Field(
         default_factory=lambda: {"dense": 1.0, "lexical": 1.0},
         description='Default weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}; unset: '
-        "chosen per query from the legs' score distributions and the query's length.",
+        "chosen per query from how peaked each leg's score list is (ragserve.fusion).",
     )
     fusion_k: int = Field(default=60, ge=0, le=10_000, description="RRF constant (rrf only).")
     hybrid_query_instruction: bool = Field(

@@ -45,7 +45,8 @@ RUNS: tuple[Run, ...] = (
 
 
 def parse_run(text: str) -> Run:
-    """A run from ``METHOD[:auto|:dense=W,lexical=W,k=K][+rerank]`` (a hybrid fusion variant)
+    """A run from ``METHOD[:auto|:dense=W,lexical=W,k=K][+rerank]`` (a hybrid fusion variant;
+    no weights: equal weights)
     or a mode name (``dense``, ``lexical``, ``hybrid``, each with an optional ``+rerank``).
 
     Examples: ``rrf:k=60,dense=1,lexical=1`` (equal-weight RRF), ``minmax:dense=0.8,lexical=0.2``,
@@ -81,7 +82,7 @@ def parse_run(text: str) -> Run:
         elif weights is not None:
             weights[key] = number
     if weights == {}:
-        weights = None if method != "rrf" else {"dense": 1.0, "lexical": 1.0}
+        weights = {"dense": 1.0, "lexical": 1.0}
     return Run(label, "hybrid", rerank, FusionSpec(method, weights, k).check())
 
 

@@ -110,7 +110,7 @@ class FusionIn(Strict):
     ) | None = Field(
         default=None,
         description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
-        "query from the legs' score distributions and the query's length.",
+        "query from how peaked each leg's score list is.",
     )
     k: int | None = Field(default=None, ge=0, le=10_000, description="RRF constant.")
 
