@@ -216,3 +216,21 @@ def test_fusion_variants_and_per_query_file_through_the_service(tmp_path: Path) 
     (tmp_path / "bad.jsonl").write_text('{"run": "x"}\n')
     with pytest.raises(InvalidInput, match=r"bad\.jsonl:1"):
         read_per_query(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fusion", "cosine"],
+        ["--fusion", "minmax:dense=x"],
+        ["--fusion", "dense"],  # the same label as a default row
+    ],
+)
+def test_cli_eval_refuses_bad_runs_before_any_work(tmp_path: Path, args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ragserve.cli import app
+
+    ds = _beir(tmp_path / "ds")
+    result = CliRunner().invoke(app, ["eval", str(ds), "--no-rerank", *args])
+    assert result.exit_code == 2, result.output  # 2: bad arguments, before any indexing
