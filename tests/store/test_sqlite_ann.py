@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from ragserve.store import sqlite_ann as ann
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite_ann import AnnParams, HnswIndex
+from ragserve.store.sqlite_ann import AnnParams, DenseIndex, HnswIndex
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
 from tests.store.test_sqlite_store import DIM, build, exact_ids, ids, open_ann
@@ -160,7 +161,8 @@ def test_tombstones_past_the_fraction_trigger_a_compaction(tmp_path: Path) -> No
         store.delete_document("c", f"d{d}")
     index = store._indexes[1].inner
     assert isinstance(index, HnswIndex) and index.tombstones == 36
-    store.delete_document("c", "d9")  # 40 of 400: compacted
+    store.delete_document("c", "d9")  # 40 of 400: compacted, in the background
+    store._indexes[1].wait_for_compaction(60)
     index = store._indexes[1].inner
     assert isinstance(index, HnswIndex)
     assert index.tombstones == 0 and index.nodes == len(index) == 360
@@ -228,3 +230,41 @@ def test_adding_a_key_again_replaces_its_vector() -> None:
     keys, scores = index.search(first, 3)
     assert sorted(keys[:2].tolist()) == [1, 2] and scores[0] == pytest.approx(1.0, abs=1e-5)
     assert index.vectors(np.array([3], dtype=np.int64))[1][0] == pytest.approx(second, abs=1e-6)
+
+
+def test_writes_during_a_compaction_go_on_and_are_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction rebuilds on its own thread: a write made meanwhile does not wait for it,
+    and lands in the new index when it is swapped in."""
+    params = AnnParams(max_tombstone_fraction=0.1)
+    vecs = random_unit(400, DIM, seed=3)
+    dense = DenseIndex(DIM, HnswIndex(DIM, params))
+    none, no_vectors = np.zeros(0, dtype=np.int64), np.zeros((0, DIM), dtype=np.float32)
+    dense.apply(none, np.arange(400, dtype=np.int64), vecs)
+    old = dense.inner
+    inside, gate = threading.Event(), threading.Event()
+    original_add = HnswIndex.add
+
+    def held_add(self: HnswIndex, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if threading.current_thread().name == "ann-compaction":
+            inside.set()
+            gate.wait(30)
+        original_add(self, keys, vectors)
+
+    monkeypatch.setattr(HnswIndex, "add", held_add)
+    try:
+        dense.apply(np.arange(40, dtype=np.int64), none, no_vectors)  # 10 % dead: compaction
+        assert inside.wait(30)
+        new = random_unit(5, DIM, seed=4)
+        dense.apply(np.arange(40, 45, dtype=np.int64), np.arange(1000, 1005), new)  # not blocked
+        assert dense.inner is old  # still serving from the old index
+        assert dense.search(new[0], 1)[0].tolist() == [1000]
+    finally:
+        gate.set()
+    dense.wait_for_compaction(60)
+    assert dense.inner is not old
+    fresh = dense.inner
+    assert isinstance(fresh, HnswIndex) and len(fresh) == 360 and fresh.tombstones == 5
+    for i in range(5):
+        assert dense.search(new[i], 1)[0].tolist() == [1000 + i]
+    keys, _ = dense.search(vecs[42], 10)
+    assert not set(keys.tolist()) & set(range(45))

@@ -49,6 +49,8 @@ MANIFEST_FORMAT = 1
 
 #: Adds of at least this many vectors use every OpenMP thread (AnnParams.threads); smaller ones one.
 BULK_ADD = 1_000
+#: Vectors a compaction reads from the old index at a time (under the lock, ~ms each).
+COMPACTION_BATCH = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +282,21 @@ class HnswIndex:
 
 
 class DenseIndex:
-    """The dense index of one collection, exact or HNSW, behind one lock."""
+    """The dense index of one collection, exact or HNSW, behind one lock.
+
+    An HNSW index whose tombstones pass the fraction is compacted on a background thread:
+    writes and searches go on against the old index meanwhile (the rebuild reads it a batch at
+    a time under the lock), the writes made during the rebuild are replayed onto the new one,
+    and it is swapped in. A write never waits for a rebuild (~100 s at 100,000 chunks).
+    """
 
     def __init__(self, dimension: int, inner: ExactIndex | HnswIndex) -> None:
         self.dimension = dimension
         self.inner = inner
         self.lock = threading.Lock()
+        #: Writes made while a compaction runs, in order (None: no compaction running).
+        self._pending: list[tuple[Keys, Keys, Vectors]] | None = None
+        self._compaction: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -295,18 +306,45 @@ class DenseIndex:
         return isinstance(self.inner, HnswIndex)
 
     def apply(self, removed: Keys, added: Keys, vectors: Vectors) -> None:
-        """Mirror a write; compact the HNSW index when its tombstones pass the fraction.
-
-        The caller serializes writes (the store's write lock), so the compaction reads the old
-        index outside this lock: searches go on against it until the new one is swapped in."""
+        """Mirror a write; start a compaction when the HNSW index's tombstones pass the
+        fraction (the caller serializes writes: the store's write lock)."""
         with self.lock:
             self.inner.remove(removed)
             self.inner.add(added, vectors)
-        inner = self.inner
-        if isinstance(inner, HnswIndex) and inner.needs_compaction():
-            fresh = inner.compacted()
+            if self._pending is not None:  # the running compaction replays it
+                self._pending.append((removed.copy(), added.copy(), vectors.copy()))
+            elif isinstance(self.inner, HnswIndex) and self.inner.needs_compaction():
+                self._pending = []
+                self._compaction = threading.Thread(
+                    target=self._compact, args=(self.inner,), name="ann-compaction", daemon=True
+                )
+                self._compaction.start()
+
+    def _compact(self, old: HnswIndex) -> None:
+        try:
             with self.lock:
-                self.inner = fresh
+                live = np.fromiter(old._live, dtype=np.int64, count=len(old._live))
+            live.sort()
+            fresh = HnswIndex(self.dimension, old.params)
+            for lo in range(0, len(live), COMPACTION_BATCH):
+                with self.lock:  # writes may change the old index between batches
+                    keys, vectors = old.vectors(live[lo : lo + COMPACTION_BATCH])
+                fresh.add(keys, vectors)
+            with self.lock:
+                for removed, added, vectors in self._pending or []:
+                    fresh.remove(removed)
+                    fresh.add(added, vectors)
+                if self.inner is old:
+                    self.inner = fresh
+        finally:
+            with self.lock:
+                self._pending = None
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Block until a running compaction has swapped its index in (tests, close)."""
+        thread = self._compaction
+        if thread is not None:
+            thread.join(timeout)
 
     def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
         with self.lock:
