@@ -268,3 +268,25 @@ def test_docs_pages_load_every_asset_from_ragserve(
     # Nothing else external in the page itself (the OpenAPI URL is relative too).
     assert not re.search(r"https?://", r.text), r.text
     assert client.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": True}),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": "1"}),
+        ("/v1/embeddings", {"input": ["a"], "dimensions": True}),
+        ("/v1/collections/docs/search", {"query": "q", "top_k": True}),
+        ("/v1/collections/docs/search", {"query": "q", "top_k": "5"}),
+        ("/v1/collections/docs/search", {"query": "q", "rerank_top_n": 2.5}),
+    ],
+)
+def test_integer_fields_take_json_integers_only(
+    client: TestClient, path: str, body: dict[str, Any]
+) -> None:
+    """The OpenAPI document says integer: a boolean or a string is not one (pydantic's lax
+    mode took `true` as 1, which schemathesis reports as invalid data accepted)."""
+    client.post("/v1/collections", json={"name": "docs"})
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert error_of(response)["type"] == "invalid_request"

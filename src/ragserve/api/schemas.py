@@ -112,15 +112,15 @@ class FusionIn(Strict):
         description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
         "query from how peaked each leg's score list is.",
     )
-    k: int | None = Field(default=None, ge=0, le=10_000, description="RRF constant.")
+    k: int | None = Field(default=None, ge=0, le=10_000, strict=True, description="RRF constant.")
 
 
 class SearchIn(Strict):
     query: str = Field(min_length=1)
-    top_k: int = Field(default=10, ge=1)
+    top_k: int = Field(default=10, ge=1, strict=True)
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     rerank: StrictBool = False
-    rerank_top_n: int = Field(default=20, ge=1, le=200)
+    rerank_top_n: int = Field(default=20, ge=1, le=200, strict=True)
     filter: dict[str, Any] | None = None
     collapse: StrictBool = Field(
         default=False, description="One hit per document (its best chunk)."
@@ -149,7 +149,7 @@ class EmbeddingsIn(BaseModel):
     input: str | Annotated[list[str], Field(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, strict=True)
     user: str | None = None
     input_type: Literal["query", "document"] = Field(
         default="document", description="ragserve extension: apply the query or document prefix."
@@ -184,7 +184,7 @@ class RerankDoc(BaseModel):
 class RerankIn(BaseModel):
     query: str = Field(min_length=1)
     documents: list[str | RerankDoc] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: int | None = Field(default=None, ge=1, strict=True)
     model: str | None = None
     return_documents: StrictBool = False
 
