@@ -290,3 +290,9 @@ def test_integer_fields_take_json_integers_only(
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert error_of(response)["type"] == "invalid_request"
+
+
+def test_integral_floats_are_json_integers(client: TestClient) -> None:
+    client.post("/v1/collections", json={"name": "docs"})
+    response = client.post("/v1/collections/docs/search", json={"query": "q", "top_k": 5.0})
+    assert response.status_code == 200, response.text

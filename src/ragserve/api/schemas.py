@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer (``5`` or ``5.0``, as JSON Schema counts them), never ``true`` or ``"5"``,
+    which pydantic's lax mode would turn into numbers."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+_JSON_INT = BeforeValidator(_json_integer)
+#: An integer field; bounds go in ``Field`` on the field (or before ``_JSON_INT`` inside an
+#: ``Annotated`` of an optional one), so the OpenAPI document shows them as minimum/maximum.
+JsonInt = Annotated[int, _JSON_INT]
 
 
 class Strict(BaseModel):
@@ -112,15 +126,17 @@ class FusionIn(Strict):
         description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
         "query from how peaked each leg's score list is.",
     )
-    k: int | None = Field(default=None, ge=0, le=10_000, strict=True, description="RRF constant.")
+    k: Annotated[int, Field(ge=0, le=10_000), _JSON_INT] | None = Field(
+        default=None, description="RRF constant."
+    )
 
 
 class SearchIn(Strict):
     query: str = Field(min_length=1)
-    top_k: int = Field(default=10, ge=1, strict=True)
+    top_k: JsonInt = Field(default=10, ge=1)
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     rerank: StrictBool = False
-    rerank_top_n: int = Field(default=20, ge=1, le=200, strict=True)
+    rerank_top_n: JsonInt = Field(default=20, ge=1, le=200)
     filter: dict[str, Any] | None = None
     collapse: StrictBool = Field(
         default=False, description="One hit per document (its best chunk)."
@@ -149,7 +165,7 @@ class EmbeddingsIn(BaseModel):
     input: str | Annotated[list[str], Field(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, strict=True)
+    dimensions: Annotated[int, Field(ge=1), _JSON_INT] | None = None
     user: str | None = None
     input_type: Literal["query", "document"] = Field(
         default="document", description="ragserve extension: apply the query or document prefix."
@@ -184,7 +200,7 @@ class RerankDoc(BaseModel):
 class RerankIn(BaseModel):
     query: str = Field(min_length=1)
     documents: list[str | RerankDoc] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1, strict=True)
+    top_n: Annotated[int, Field(ge=1), _JSON_INT] | None = None
     model: str | None = None
     return_documents: StrictBool = False
 
