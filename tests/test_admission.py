@@ -313,3 +313,23 @@ def test_a_cancelled_caller_keeps_its_slot_until_its_thread_is_done() -> None:
         assert admission.gates[Kind.INGEST].running == 0
 
     _run(main)
+
+
+def test_a_varying_service_time_plans_for_its_spread() -> None:
+    """Runs of 1 s and 3 s: the mean alone would let a request start when only the mean is
+    left before its deadline and end past it; the plan adds twice the spread."""
+    clock = FakeClock()
+    gate = Gate(Kind.RERANK, Limit(workers=1, queue=10), deadline=10, clock=clock, smoothing=0.5)
+    for took in (1.0, 3.0, 1.0, 3.0):
+        ticket = gate.enter()
+        clock.advance(took)
+        gate.leave(ticket)
+    assert gate.service_seconds is not None and gate.service_spread > 0.5
+    planned = gate.planned_service()
+    assert planned == pytest.approx(gate.service_seconds + 2 * gate.service_spread)
+    running = gate.enter()
+    waiting = gate.enter()
+    assert waiting.state is State.WAITING
+    assert waiting.give_up == pytest.approx(clock.now + 10 - planned)
+    assert waiting.give_up < clock.now + 10 - gate.service_seconds
+    gate.leave(running)

@@ -128,6 +128,9 @@ class Gate:
         self.running = 0
         #: EWMA of the seconds a slot is held; None until the first request finishes.
         self.service_seconds: float | None = None
+        #: EWMA of the absolute deviation from it: a request is planned to take the mean plus
+        #: twice this, so one that starts at its last moment still ends near the deadline.
+        self.service_spread = 0.0
         self.admitted = self.rejected = self.expired = self.abandoned = 0
 
     @property
@@ -141,6 +144,12 @@ class Gate:
         if self.service_seconds is None:
             return 0.0
         return (ahead + 1) * self.service_seconds / self.limit.workers
+
+    def planned_service(self) -> float:
+        """Seconds a request is planned to hold its slot: the mean plus twice the spread."""
+        if self.service_seconds is None:
+            return 0.0
+        return self.service_seconds + 2 * self.service_spread
 
     def retry_after(self) -> int:
         """Whole seconds for the queue to drain at the measured rate (at least 1, at most 60)."""
@@ -159,7 +168,7 @@ class Gate:
                 self.running += 1
                 self.admitted += 1
                 return Ticket(State.RUNNING, now, now, started=now)
-            service = self.service_seconds or 0.0
+            service = self.planned_service()
             if len(self._queue) >= self.limit.queue:
                 self.rejected += 1
                 raise self._overloaded(f"{len(self._queue)} {self.kind} requests already wait")
@@ -232,9 +241,13 @@ class Gate:
         if measure and ticket.started is not None:
             took = max(0.0, now - ticket.started)
             previous = self.service_seconds
-            self.service_seconds = (
-                took if previous is None else previous + self._smoothing * (took - previous)
-            )
+            if previous is None:
+                self.service_seconds = took
+            else:
+                self.service_seconds = previous + self._smoothing * (took - previous)
+                self.service_spread += self._smoothing * (
+                    abs(took - previous) - self.service_spread
+                )
         self._drop_overdue(now)
         while self._queue and self.running < self.limit.workers:
             nxt = self._queue.popleft()
