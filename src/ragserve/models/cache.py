@@ -319,9 +319,7 @@ class ModelCache:
 
     # ---------------------------------------------------------------- sources
 
-    def _fetch(
-        self, spec: ModelSpec, source: Source, staging: Path
-    ) -> tuple[dict[str, str], str]:
+    def _fetch(self, spec: ModelSpec, source: Source, staging: Path) -> tuple[dict[str, str], str]:
         """Place the source's files in ``staging``: their sha256 and how the manifest names the
         source (a hub source by the commit its files came from)."""
         if isinstance(source, LocalDirSource):

@@ -295,6 +295,7 @@ MINILM_FP32_SOURCE = WheelSource(
 # --------------------------------------------------------------------------------------------
 # user models
 
+
 def custom_spec(
     name: str,
     *,
