@@ -193,16 +193,18 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
             )
             entry["value_text"] = f"{q['ragserve']:.4f} vs {q['reference']:.4f}"
             out.append(entry)
+    # The image size is checked by building the image (scripts/image-check, docs/deployment.md):
+    # a footprint plus an assumed base is an estimate, and no estimate is reported as a pass.
     foot = _get(result, "footprint", "ragserve", "image_estimate_mb")
     out.append(
-        _check(
-            "ragserve: image size (runtime footprint + base image)",
-            "< 1 GB",
-            None if foot is None else fixed(foot),
-            lambda v: v < 1000,
-            " MB",
-            key="median",
-        )
+        {
+            "name": "ragserve: image size estimate (footprint + an assumed 130 MB base)",
+            "target": "< 1 GB; built image: docs/deployment.md",
+            "value_text": "n/a" if foot is None else f"~{foot:,.0f} MB",
+            "pass": None,
+            "robust": None,
+            "status": "estimate, not checked here",
+        }
     )
     out.append(
         _check(
@@ -279,6 +281,8 @@ def ratio_text(r: dict[str, float] | None) -> str:
 
 
 def _status(check: dict[str, Any]) -> str:
+    if "status" in check:
+        return str(check["status"])
     if check["pass"] is None:
         return "not measured"
     if check["pass"] and check["robust"]:

@@ -138,6 +138,9 @@ def test_markdown_shows_checks_ratios_quality_and_the_command() -> None:
     assert "| same model, dense vs dense: p50 latency at c16 | ≥ 3x lower | 5.00x" in md
     assert "**pass**" in md
     assert "0.645 / 0.925 (all-MiniLM-L6-v2, MTEB)" in md  # published next to measured
+    # An image size estimated from the footprint is never reported as a pass.
+    (row,) = [line for line in md.splitlines() if "image size estimate" in line]
+    assert "~647 MB" in row and "estimate, not checked here" in row and "pass" not in row
     assert "![latency](img/latency.png)" in md
     assert "busy" not in md  # load average 0.9 max: no warning
     quick = fake_result()
