@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragserve.store import sqlite_ann as ann
+from ragserve.files import sha256_file
 from ragserve.store.sqlite import SqliteStore
 from ragserve.store.sqlite_ann import AnnParams, DenseIndex, HnswIndex
 from ragserve.types import Chunk, Document
@@ -86,7 +86,7 @@ def test_an_index_saved_by_the_hnswlib_version_is_rebuilt(
     store.close()
     manifest = json.loads(manifest_file.read_text())
     assert manifest["library"] == HnswIndex.library != "hnswlib"
-    assert manifest["file_sha256"] == ann.file_sha256(index_file) != old["file_sha256"]
+    assert manifest["file_sha256"] == sha256_file(index_file) != old["file_sha256"]
     monkeypatch.undo()
     store = open_ann(tmp_path)  # and from now on the new file is loaded, not rebuilt
     assert ids(store, q, 10) == exact_ids(vectors, q)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from ragserve.errors import (
     ModelNotCached,
     ModelSourceError,
 )
+from ragserve.files import fsync_path, sha256_file
 from ragserve.models.catalog import (
     HubSource,
     LocalDirSource,
@@ -52,22 +52,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +287,7 @@ class ModelCache:
             json.dump(manifest, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(staging)
+        fsync_path(staging)
         staging.chmod(0o755)  # mkdtemp made it 0700: other users (a container's) must read it
         target = self.model_path(spec.name)
         trash: Path | None = None
@@ -312,7 +296,7 @@ class ModelCache:
             shutil.rmtree(trash, ignore_errors=True)
             target.rename(trash)
         staging.rename(target)
-        _fsync_dir(self.root)
+        fsync_path(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         return sum(int(f["size"]) for f in files.values())

@@ -39,6 +39,8 @@ import faiss as _faiss
 import numpy as np
 import numpy.typing as npt
 
+from ragserve.files import sha256_file, write_atomic
+
 #: faiss, untyped: its stubs (1.15) lack classes used here (``SearchParametersHNSW``).
 faiss: Any = _faiss
 
@@ -255,7 +257,7 @@ class HnswIndex:
         """Write atomically; returns the sha256 of the file."""
         tmp = path.with_suffix(path.suffix + ".tmp")
         faiss.write_index(self._index, str(tmp))
-        digest = file_sha256(tmp)
+        digest = sha256_file(tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         tmp.replace(path)
@@ -426,16 +428,6 @@ def read_manifest(cls: Callable[..., M], path: Path) -> M | None:
         return None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def keys_checksum(keys: Keys) -> str:
     """Order-independent digest of a key set (sorted int64 bytes)."""
     return hashlib.sha256(np.sort(keys.astype(np.int64)).tobytes()).hexdigest()[:32]
@@ -449,15 +441,7 @@ def save_keys(keys: Keys, path: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
-    return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def library_version() -> str:

@@ -25,9 +25,7 @@ derived indexes are rebuilt at the next open.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 
 from ragserve import __version__
 from ragserve.errors import Conflict, InvalidInput, NotFound, Unavailable
+from ragserve.files import fsync_path, sha256_file
 from ragserve.store.sqlite_health import check_database
 
 FORMAT = 1
@@ -55,22 +54,6 @@ class BackupInfo:
     db_bytes: int
     collections: dict[str, dict[str, int]]
     seconds: float = 0.0
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _contents(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -120,19 +103,19 @@ def backup(data_dir: Path, dest: Path) -> BackupInfo:
     except sqlite3.Error as exc:
         partial.unlink(missing_ok=True)
         raise Unavailable(f"backup of {source} failed: {exc}") from None
-    _fsync(partial)
+    fsync_path(partial)
     partial.rename(dest / DB)
     info = BackupInfo(
         format=FORMAT,
         ragserve=__version__,
         created_at=time.time(),
-        db_sha256=_sha256(dest / DB),
+        db_sha256=sha256_file(dest / DB),
         db_bytes=(dest / DB).stat().st_size,
         collections=collections,
         seconds=round(time.perf_counter() - started, 3),
     )
     (dest / MANIFEST).write_text(json.dumps(asdict(info), indent=2) + "\n")
-    _fsync(dest / MANIFEST)
+    fsync_path(dest / MANIFEST)
     return info
 
 
@@ -151,7 +134,7 @@ def verify(src: Path) -> BackupInfo:
     """The backup's manifest, once its database matches the recorded sha256 and quick_check."""
     info = read_info(src)
     db = src / DB
-    if not db.is_file() or _sha256(db) != info.db_sha256:
+    if not db.is_file() or sha256_file(db) != info.db_sha256:
         raise InvalidInput(f"{db} does not match {src / MANIFEST} (sha256): the backup is damaged")
     check_database(db)
     return info
@@ -202,7 +185,7 @@ def restore(src: Path, data_dir: Path, *, force: bool = False) -> tuple[BackupIn
         aside = _move_aside(data_dir, existing, "pre-restore") if existing else None
         partial = data_dir / (DB + ".partial")
         shutil.copyfile(src / DB, partial)
-        _fsync(partial)
+        fsync_path(partial)
         for name in DERIVED:
             if (src / name).is_dir():
                 shutil.copytree(src / name, data_dir / name)

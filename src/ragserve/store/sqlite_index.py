@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragserve.files import sha256_file
 from ragserve.store import sqlite_ann as ann
 from ragserve.store.base import Vectors
 
@@ -151,8 +152,8 @@ class IndexKeeper:
             or manifest.format_version != ann.MANIFEST_FORMAT
             or manifest.library != ann.HnswIndex.library
             or manifest.dimension != dimension
-            or manifest.file_sha256 != ann.file_sha256(index_path)
-            or manifest.keys_sha256 != ann.file_sha256(keys_path)
+            or manifest.file_sha256 != sha256_file(index_path)
+            or manifest.keys_sha256 != sha256_file(keys_path)
         ):
             return None
         try:

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import tantivy
 
-from ragserve.store.sqlite_ann import Keys, read_manifest, write_atomic
+from ragserve.files import write_atomic
+from ragserve.store.sqlite_ann import Keys, read_manifest
 
 log = logging.getLogger(__name__)
 
