@@ -333,3 +333,42 @@ def test_a_varying_service_time_plans_for_its_spread() -> None:
     assert waiting.give_up == pytest.approx(clock.now + 10 - planned)
     assert waiting.give_up < clock.now + 10 - gate.service_seconds
     gate.leave(running)
+
+
+def test_one_slow_recent_run_is_planned_for() -> None:
+    """The plan covers the slowest of the last runs: a request that starts at its last moment
+    ends by the deadline unless it is slower than all of them."""
+    clock = FakeClock()
+    gate = Gate(Kind.RERANK, Limit(workers=1, queue=10), deadline=10, clock=clock, smoothing=0.1)
+    for took in [1.0] * 10 + [4.0] + [1.0] * 5:
+        ticket = gate.enter()
+        clock.advance(took)
+        gate.leave(ticket)
+    assert gate.service_seconds is not None
+    assert gate.service_seconds + 2 * gate.service_spread < 4.0
+    assert gate.planned_service() == pytest.approx(4.0)
+    for _ in range(16):  # the slow run leaves the window
+        ticket = gate.enter()
+        clock.advance(1.0)
+        gate.leave(ticket)
+    assert gate.planned_service() < 2.0
+
+
+def test_waiters_queued_before_any_measurement_are_planned_again_by_the_first_run() -> None:
+    """At the start of a burst nothing is measured: the queue's give-up times assume instant
+    runs. The first measured run moves them up, and those that can no longer finish in time
+    are dropped then, not at the deadline."""
+    clock = FakeClock()
+    gate = Gate(Kind.RERANK, Limit(workers=1, queue=10), deadline=5, clock=clock)
+    running = gate.enter()
+    early = gate.enter()
+    assert early.give_up == pytest.approx(clock.now + 5)  # nothing known yet
+    clock.advance(3.0)
+    late = gate.enter()  # 3 s in: may start until 3 + 5 s
+    gate.leave(running)  # measured: a run takes 3 s
+    # `early` came at 0 and would end at 3 + 3 = 6 s, past its 5 s: dropped now (with the old
+    # plan it would have run); `late` came at 3 and can end at 6 < 8: it gets the slot.
+    assert early.state is State.DROPPED
+    assert late.state is State.RUNNING
+    assert late.give_up == pytest.approx(late.arrived + 5 - 3)
+    gate.leave(late)

@@ -90,6 +90,10 @@ class Abandoned(Overloaded):
     """The client went away while its request waited; nobody reads this answer."""
 
 
+#: How many recent service times the plan for a request's own run looks at.
+RECENT_RUNS = 16
+
+
 @dataclass(frozen=True, slots=True)
 class GateSnapshot:
     kind: str
@@ -128,9 +132,12 @@ class Gate:
         self.running = 0
         #: EWMA of the seconds a slot is held; None until the first request finishes.
         self.service_seconds: float | None = None
-        #: EWMA of the absolute deviation from it: a request is planned to take the mean plus
-        #: twice this, so one that starts at its last moment still ends near the deadline.
+        #: EWMA of the absolute deviation from it.
         self.service_spread = 0.0
+        #: The last runs' service times: a request is planned to take as long as the slowest
+        #: of them (or the mean plus twice the spread, if longer), so one that starts at its
+        #: last moment still ends by the deadline unless it is slower than all of them.
+        self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
         self.admitted = self.rejected = self.expired = self.abandoned = 0
 
     @property
@@ -146,10 +153,11 @@ class Gate:
         return (ahead + 1) * self.service_seconds / self.limit.workers
 
     def planned_service(self) -> float:
-        """Seconds a request is planned to hold its slot: the mean plus twice the spread."""
+        """Seconds a request is planned to hold its slot: the slowest recent run, or the mean
+        plus twice the spread if that is longer."""
         if self.service_seconds is None:
             return 0.0
-        return self.service_seconds + 2 * self.service_spread
+        return max(self.service_seconds + 2 * self.service_spread, max(self._recent, default=0.0))
 
     def retry_after(self) -> int:
         """Whole seconds for the queue to drain at the measured rate (at least 1, at most 60)."""
@@ -240,6 +248,7 @@ class Gate:
         self.running -= 1
         if measure and ticket.started is not None:
             took = max(0.0, now - ticket.started)
+            self._recent.append(took)
             previous = self.service_seconds
             if previous is None:
                 self.service_seconds = took
@@ -248,6 +257,11 @@ class Gate:
                 self.service_spread += self._smoothing * (
                     abs(took - previous) - self.service_spread
                 )
+            # Waiters planned with what was known when they came (nothing, at the start of a
+            # burst): their last moment to start moves up when the runs turn out longer.
+            latest_start = self.deadline - self.planned_service()
+            for waiting in self._queue:
+                waiting.give_up = min(waiting.give_up, waiting.arrived + latest_start)
         self._drop_overdue(now)
         while self._queue and self.running < self.limit.workers:
             nxt = self._queue.popleft()
