@@ -372,3 +372,37 @@ def test_waiters_queued_before_any_measurement_are_planned_again_by_the_first_ru
     assert late.state is State.RUNNING
     assert late.give_up == pytest.approx(late.arrived + 5 - 3)
     gate.leave(late)
+
+
+def test_running_work_is_told_when_its_client_leaves() -> None:
+    """Work that already runs cannot be stopped from outside its thread; ``gone`` is set so it
+    can skip what is left (a search skips its rerank)."""
+    admission = _admission(workers=1, queue=4)
+    gone = threading.Event()
+    seen: list[bool] = []
+
+    async def main() -> None:
+        left = asyncio.Event()
+        holder = Held("a")
+
+        def work() -> str:
+            value = holder()
+            seen.append(gone.is_set())
+            return value
+
+        async def disconnected() -> None:
+            await left.wait()
+
+        task = asyncio.create_task(
+            admission.run(Kind.RERANK, work, disconnected=disconnected, gone=gone)
+        )
+        await _until(holder.started)
+        assert not gone.is_set()
+        left.set()
+        await _until(gone)
+        holder.release.set()
+        assert await task == "a"
+
+    _run(main)
+    assert seen == [True]
+    assert admission.gates[Kind.RERANK].running == 0

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ragserve.errors import CollectionNotFound, InvalidInput
+from ragserve.errors import ClientGone, CollectionNotFound, InvalidInput
 from ragserve.fusion import FusionSpec
 from ragserve.search import (
     STAGES,
@@ -357,3 +357,19 @@ def test_head_signals_follow_the_fusion_weights() -> None:
         {"fused": 1.0, "dense": 0.4, "lexical": 0.1}
     )
     assert head_signals("dense", {}, 1.0) == {"dense": 1.0, "lexical": 1.0}
+
+
+def test_a_search_whose_client_left_stops_before_the_rerank(
+    store: SqliteStore, embedder: FakeEmbedder
+) -> None:
+    reranker = FakeReranker()
+    searcher = Searcher(store, embedder, reranker)
+    left = SearchRequest("tea", top_k=2, rerank=True, cancelled=lambda: True)
+    with pytest.raises(ClientGone):
+        searcher.search("kb", left)
+    assert reranker.calls == []  # the costly stage never ran
+    # Without rerank there is nothing to skip: the answer is cheap and returned.
+    cheap = SearchRequest("tea", top_k=2, cancelled=lambda: True)
+    assert searcher.search("kb", cheap).hits
+    staying = SearchRequest("tea", top_k=2, rerank=True, cancelled=lambda: False)
+    assert searcher.search("kb", staying).reranked and reranker.calls

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 
-from ragserve.errors import Overloaded
+from ragserve.errors import ClientGone, Overloaded
 
 if TYPE_CHECKING:
     from ragserve.config import Settings
@@ -86,7 +86,7 @@ class Ticket:
     wake: Callable[[], None] | None = None
 
 
-class Abandoned(Overloaded):
+class Abandoned(ClientGone):
     """The client went away while its request waited; nobody reads this answer."""
 
 
@@ -362,12 +362,19 @@ class Admission:
         fn: Callable[[], T],
         *,
         disconnected: Callable[[], Awaitable[object]] | None = None,
+        gone: threading.Event | None = None,
     ) -> T:
         """``fn()`` on a worker thread once admitted; 429 (:class:`Overloaded`) otherwise.
 
         The slot is held until ``fn`` returns, even if the caller is cancelled meanwhile
-        (the thread cannot be stopped), so never more than ``workers`` run."""
+        (the thread cannot be stopped), so never more than ``workers`` run. ``gone`` is set
+        when the client disconnects while ``fn`` runs: ``fn`` may check it between stages and
+        skip the rest (a search skips its rerank)."""
         ticket = await self.acquire(kind, disconnected)
+        watcher: asyncio.Future[object] | None = None
+        if gone is not None and disconnected is not None:
+            watcher = asyncio.ensure_future(disconnected())
+            watcher.add_done_callback(lambda w: None if w.cancelled() else gone.set())
         try:
             work = asyncio.ensure_future(to_thread.run_sync(fn, limiter=self._limiter(kind)))
         except BaseException:
@@ -376,6 +383,8 @@ class Admission:
 
         def done(finished: asyncio.Future[T]) -> None:
             self.release(kind, ticket)
+            if watcher is not None:
+                watcher.cancel()
             if not finished.cancelled():
                 finished.exception()  # retrieved here too, in case the caller has gone
 

@@ -87,6 +87,10 @@ class Overloaded(RagserveError):
         self.retry_after = retry_after
 
 
+class ClientGone(Overloaded):
+    """The client went away: the rest of its work is skipped (nobody reads this answer)."""
+
+
 class Unavailable(RagserveError):
     status_code = 503
     error_type = "unavailable"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ragserve.errors import InvalidInput
+from ragserve.errors import ClientGone, InvalidInput
 from ragserve.filters import Filter, parse_filter
 from ragserve.fusion import Candidate as _Candidate
 from ragserve.fusion import FusionSpec, fuse
@@ -67,6 +67,9 @@ class SearchRequest:
     rerank_retrieval_weight: float = 1.0
     rerank_weight: float = 1.0
     rerank_rrf_k: int = 5
+    #: True once nobody waits for the answer (the HTTP client left): the search stops before
+    #: its costliest stage, the rerank, with :class:`~ragserve.errors.ClientGone`.
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +314,8 @@ class Searcher:
         # the returned page (not the hundreds of candidates fusion looked at).
         chunks: dict[str, ScoredChunk] = {}
         if req.rerank and rerank_fn is not None and candidates:
+            if req.cancelled is not None and req.cancelled():
+                raise ClientGone("the client left before its search was reranked")
             t = time.perf_counter()
             candidates = (
                 self._present(collection, candidates[: req.rerank_top_n], chunks)

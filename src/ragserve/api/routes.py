@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,11 +65,16 @@ Service = Annotated[RetrievalService, Depends(service)]
 T = TypeVar("T")
 
 
-async def admitted(request: Request, kind: Kind, fn: Callable[[], T]) -> T:
+async def admitted(
+    request: Request, kind: Kind, fn: Callable[[], T], gone: threading.Event | None = None
+) -> T:
     """``fn()`` on a worker thread once admission control lets it in; 429 (or dropped, if the
-    client leaves) when it can't be answered within the deadline (see ragserve.admission)."""
+    client leaves) when it can't be answered within the deadline (see ragserve.admission).
+    ``gone`` is set if the client leaves while ``fn`` runs."""
     admission: Admission = request.app.state.admission
-    return await admission.run(kind, fn, disconnected=lambda: wait_for_disconnect(request.receive))
+    return await admission.run(
+        kind, fn, disconnected=lambda: wait_for_disconnect(request.receive), gone=gone
+    )
 
 
 def _json(model: BaseModel) -> Response:
@@ -363,6 +369,7 @@ async def search(
     name: CollectionName, body: s.SearchIn, svc: Service, request: Request
 ) -> Response:
     """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
+    gone = threading.Event()  # the client left: a running search skips its rerank
     req = SearchRequest(
         query=body.query,
         top_k=body.top_k,
@@ -375,6 +382,7 @@ async def search(
             body.fusion.model_dump(exclude_unset=True) if body.fusion else None,
             settings_fusion(svc.settings),
         ),
+        cancelled=gone.is_set,
     )
 
     def run() -> tuple[bytes, Mapping[str, float]]:
@@ -398,7 +406,7 @@ async def search(
     # One trip to a worker thread for the search and its JSON; FastAPI would otherwise make a
     # second one to validate the returned model again (measured in docs/service.md).
     kind = Kind.RERANK if req.rerank else Kind.SEARCH
-    content, timings = await admitted(request, kind, run)
+    content, timings = await admitted(request, kind, run, gone)
     request.state.timings_ms = timings  # for the stage histograms and the access log
     return Response(content, media_type="application/json")
 
