@@ -7,7 +7,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from ragserve.api.app import create_app
 from ragserve.api.errors import error_response
 from ragserve.config import Settings
+from tests.fakes import FakeEmbedder, FakeReranker
 
 from .conftest import error_of, make_service, make_settings, ready_client
 
@@ -296,3 +297,64 @@ def test_integral_floats_are_json_integers(client: TestClient) -> None:
     client.post("/v1/collections", json={"name": "docs"})
     response = client.post("/v1/collections/docs/search", json={"query": "q", "top_k": 5.0})
     assert response.status_code == 200, response.text
+
+
+class GatedQueries(FakeEmbedder):
+    """Query embeddings wait for ``gate`` (a search held in its first stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(64, "fake-embedder")
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.finished = threading.Event()
+
+    def embed_queries(self, texts: Sequence[str]) -> Any:
+        self.entered.set()
+        assert self.gate.wait(30)
+        try:
+            return super().embed_queries(texts)
+        finally:
+            self.finished.set()
+
+
+def test_a_search_whose_client_hung_up_skips_its_rerank(settings: Settings) -> None:
+    """Over a real socket: the client gives up while its reranked search embeds the query; the
+    search then stops before the rerank (nobody would read the answer)."""
+    embedder, reranker = GatedQueries(), FakeReranker()
+    service = make_service(settings, embedder=embedder, reranker=reranker)
+    app = create_app(settings, service)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        with httpx.Client(base_url=url, timeout=10) as http:
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "server never became ready"
+                time.sleep(0.01)
+            embedder.gate.set()  # ingest embeds documents only; let it through
+            _ingest(http, [{"id": "a", "text": "tea leaves"}, {"id": "b", "text": "tea cups"}])
+            embedder.gate.clear()
+            with pytest.raises(httpx.TimeoutException):
+                http.post(
+                    "/v1/collections/docs/search",
+                    json={"query": "tea", "rerank": True},
+                    timeout=httpx.Timeout(10, read=0.5),
+                )
+            assert embedder.entered.is_set()  # the search was running when the client left
+            time.sleep(0.3)  # the server sees the connection close
+            embedder.gate.set()
+            assert embedder.finished.wait(10)
+            time.sleep(0.5)  # time enough for a rerank that should not happen
+            assert reranker.calls == []
+            r = http.post("/v1/collections/docs/search", json={"query": "tea", "rerank": True})
+            assert r.status_code == 200 and reranker.calls  # a client that waits is reranked
+    finally:
+        embedder.gate.set()
+        server.should_exit = True
+        thread.join(timeout=30)
+        service.close()
