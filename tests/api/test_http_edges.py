@@ -3,6 +3,7 @@ printable character, authentication challenges, HEAD probes and the offline docs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 from ragserve.api.app import create_app
 from ragserve.api.errors import error_response
 from ragserve.config import Settings
+from ragserve.service import RetrievalService
 from tests.fakes import FakeEmbedder, FakeReranker
 
 from .conftest import error_of, make_service, make_settings, ready_client
@@ -139,11 +141,10 @@ def _document_url(doc_id: str) -> str:
     return "/v1/collections/docs/documents/" + encoded
 
 
-@pytest.fixture
-def live(settings: Settings) -> Iterator[httpx.Client]:
-    """The app behind a real uvicorn on an ephemeral loopback port (Starlette's TestClient
-    decodes a path twice, so ``%252F`` would reach the app as ``/``; a real server does not)."""
-    service = make_service(settings)
+@contextlib.contextmanager
+def live_server(settings: Settings, service: RetrievalService) -> Iterator[httpx.Client]:
+    """The app behind a real uvicorn on an ephemeral loopback port, ready; a client to it.
+    The service is closed on the way out."""
     app = create_app(settings, service)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
@@ -163,6 +164,14 @@ def live(settings: Settings) -> Iterator[httpx.Client]:
         server.should_exit = True
         thread.join(timeout=30)
         service.close()
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[httpx.Client]:
+    """A real server (Starlette's TestClient decodes a path twice, so ``%252F`` would reach the
+    app as ``/``; a real server does not)."""
+    with live_server(settings, make_service(settings)) as http:
+        yield http
 
 
 def test_any_printable_document_id_can_be_fetched_and_deleted(live: httpx.Client) -> None:
@@ -322,21 +331,9 @@ def test_a_search_whose_client_hung_up_skips_its_rerank(settings: Settings) -> N
     search then stops before the rerank (nobody would read the answer)."""
     embedder, reranker = GatedQueries(), FakeReranker()
     service = make_service(settings, embedder=embedder, reranker=reranker)
-    app = create_app(settings, service)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
-    thread.start()
+    embedder.gate.set()  # /readyz and the ingest embed no query
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        with httpx.Client(base_url=url, timeout=10) as http:
-            while http.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "server never became ready"
-                time.sleep(0.01)
-            embedder.gate.set()  # ingest embeds documents only; let it through
+        with live_server(settings, service) as http:
             _ingest(http, [{"id": "a", "text": "tea leaves"}, {"id": "b", "text": "tea cups"}])
             embedder.gate.clear()
             with pytest.raises(httpx.TimeoutException):
@@ -354,7 +351,4 @@ def test_a_search_whose_client_hung_up_skips_its_rerank(settings: Settings) -> N
             r = http.post("/v1/collections/docs/search", json={"query": "tea", "rerank": True})
             assert r.status_code == 200 and reranker.calls  # a client that waits is reranked
     finally:
-        embedder.gate.set()
-        server.should_exit = True
-        thread.join(timeout=30)
-        service.close()
+        embedder.gate.set()  # never leave a server thread waiting on it
