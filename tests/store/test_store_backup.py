@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,7 @@ from ragserve.errors import Conflict, InvalidInput, Unavailable
 from ragserve.store.sqlite import SqliteStore
 from ragserve.store.sqlite_backup import backup, repair, restore
 from tests.store.test_store_damage import DIM, filled, put
-from tests.store.test_store_durability import DIM as WRITER_DIM
-from tests.store.test_store_durability import WRITER, vectors
+from tests.store.test_store_durability import Acks, read_acks, start_writer, vectors
 
 QUERIES = ["tok3x1", "filler2 tok7x0", "tok11x1 filler0", "tok40x0"]
 
@@ -104,21 +101,11 @@ def test_a_damaged_backup_is_refused(tmp_path: Path) -> None:
 
 def test_backup_during_ingest_holds_every_write_acknowledged_before_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(data), str(WRITER_DIM), "60"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = start_writer(data)
     assert proc.stdout is not None
-    acked: dict[str, tuple[int, int]] = {}
+    acked: Acks = {}
     try:
-        for line in proc.stdout:
-            doc_id, seed, n = line.split()
-            acked[doc_id] = (int(seed), int(n))
-            if len(acked) >= 150:
-                break
+        read_acks(proc.stdout, acked, until=150)
         info = backup(data, tmp_path / "backup")  # the writer goes on meanwhile
         assert proc.poll() is None
         later = sum(1 for _ in zip(range(20), proc.stdout, strict=False))

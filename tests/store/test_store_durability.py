@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -53,32 +54,44 @@ def vectors(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
 
 
+Acks = dict[str, tuple[int, int]]
+
+
+def start_writer(data: Path) -> subprocess.Popen[str]:
+    """The WRITER in a process of its own, its acknowledgements on a text pipe."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(data), str(DIM), str(THRESHOLD)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def read_acks(lines: Iterable[str], acked: Acks, until: int | None = None) -> None:
+    """Record the writer's acknowledgements (a document's last one wins); return once ``until``
+    documents are acknowledged, or at the end of ``lines``."""
+    for line in lines:
+        doc_id, seed, n = line.split()
+        acked[doc_id] = (int(seed), int(n))
+        if until is not None and len(acked) >= until:
+            return
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("acks_before_kill", [40, 200])
 def test_sigkill_during_ingest_keeps_every_acknowledged_document(
     tmp_path: Path, acks_before_kill: int
 ) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(tmp_path), str(DIM), str(THRESHOLD)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = start_writer(tmp_path)
     assert proc.stdout is not None
-    acked: dict[str, tuple[int, int]] = {}
+    acked: Acks = {}
     try:
-        for line in proc.stdout:
-            doc_id, seed, n = line.split()
-            acked[doc_id] = (int(seed), int(n))
-            if len(acked) >= acks_before_kill:
-                break
+        read_acks(proc.stdout, acked, until=acks_before_kill)
         os.kill(proc.pid, signal.SIGKILL)  # mid-ingest: the writer never stops by itself
         # What the writer printed before the kill landed was acknowledged too, read or not
         # (on a loaded machine it gets several more writes in before the signal).
-        for line in proc.stdout:
-            doc_id, seed, n = line.split()
-            acked[doc_id] = (int(seed), int(n))
+        read_acks(proc.stdout, acked)
     finally:
         proc.wait(timeout=60)
         proc.stdout.close()
