@@ -24,6 +24,7 @@ from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
 
+from ragserve.ingest.html import drop_chrome
 from ragserve.ingest.parsers import parse_bytes
 
 FAMILIES: dict[str, tuple[str, str | None, str]] = {
@@ -33,7 +34,6 @@ FAMILIES: dict[str, tuple[str, str | None, str]] = {
     "valgrind (DocBook)": ("/usr/share/doc/valgrind/html/*.html", None, "table.nav"),
 }
 _WORD = re.compile(r"\w+")
-_CHROME = "script, style, noscript, template, nav, aside, footer, form, [role=navigation]"
 
 
 def words(text: str) -> Counter[str]:
@@ -53,8 +53,7 @@ def gold_text(html: bytes, selector: str | None, chrome: str) -> str:
 
 def precleaned(html: bytes) -> str:
     tree = LexborHTMLParser(html)
-    for node in tree.css(_CHROME):
-        node.decompose()
+    drop_chrome(tree)
     return tree.html or ""
 
 

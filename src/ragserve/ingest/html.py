@@ -105,15 +105,21 @@ def _extract(html: str, *, main_content: bool) -> list[Block]:
     return _blocks(str(minimal))
 
 
-def extract_html(data: bytes) -> HtmlContent:
-    """The page's title and its main content as blocks."""
-    tree = LexborHTMLParser(data)
-    title = _title(tree)
+def drop_chrome(tree: LexborHTMLParser) -> None:
+    """Remove what semantic markup names as chrome; a <header> inside an article or main holds
+    the article's own heading and stays."""
     for node in tree.css(CHROME):
         node.decompose()
     for node in tree.css("header"):
         if not _inside(node, ("article", "main")):
             node.decompose()
+
+
+def extract_html(data: bytes) -> HtmlContent:
+    """The page's title and its main content as blocks."""
+    tree = LexborHTMLParser(data)
+    title = _title(tree)
+    drop_chrome(tree)
     for selector in MAIN:
         main = tree.css_first(selector)
         if main is not None and (blocks := _extract(main.html or "", main_content=False)):
