@@ -149,6 +149,80 @@ class Settings(BaseSettings):
         default=256, ge=32, le=512, description="Tokens of query + passage given to the reranker."
     )
 
+    # --- remote models (a model server: ragserve --role models, TEI, Infinity, vLLM) ----------
+    embedder_url: str | None = Field(
+        default=None,
+        description="Base URL of a model server that embeds for this process (e.g. "
+        "`http://models:8000`); unset: the embedder runs here. Collections of `RAGSERVE_EMBEDDER` "
+        "are embedded there; its tokenizer (from the model cache) still chunks here.",
+    )
+    embedder_api: Literal["ragserve", "openai", "infinity"] = Field(
+        default="ragserve",
+        description="Protocol of `RAGSERVE_EMBEDDER_URL`: `ragserve` (`/v1/embeddings`, the server "
+        "applies the model's prefixes), `openai` (`/v1/embeddings` of TEI, vLLM: prefixes applied "
+        "here) or `infinity` (`/embeddings`, prefixes applied here).",
+    )
+    embedder_key: SecretStr | None = Field(
+        default=None, description="Bearer key sent to `RAGSERVE_EMBEDDER_URL`."
+    )
+    embedder_remote_name: str | None = Field(
+        default=None,
+        description="Model name the embedder's server knows (sent as `model`, checked at "
+        "start-up); unset: `RAGSERVE_EMBEDDER` for `ragserve`, none sent otherwise.",
+    )
+    embedder_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Seconds a query embedding call may take, retries included, before the "
+        "search answers 503; a batch of documents gets this per 16 texts.",
+    )
+    model_max_inputs: int = Field(
+        default=256,
+        ge=1,
+        description="Most texts (or passages) in one call to a model server (TEI refuses more "
+        "than its `--max-client-batch-size`, 32 by default).",
+    )
+    reranker_url: str | None = Field(
+        default=None,
+        description="Base URL of a model server that reranks for this process; unset: the "
+        "reranker runs here.",
+    )
+    reranker_api: Literal["ragserve", "tei", "infinity", "cohere"] = Field(
+        default="ragserve",
+        description="Protocol of `RAGSERVE_RERANKER_URL`: `ragserve` (`/v1/rerank`, raw logits), "
+        "`tei` (`/rerank` with raw scores), `infinity` (`/rerank` with raw scores) or `cohere` "
+        "(`/v1/rerank`, scores 0..1).",
+    )
+    reranker_key: SecretStr | None = Field(
+        default=None, description="Bearer key sent to `RAGSERVE_RERANKER_URL`."
+    )
+    reranker_remote_name: str | None = Field(
+        default=None,
+        description="Model name the reranker's server knows (sent as `model`); unset: "
+        "`RAGSERVE_RERANKER` for `ragserve`, none sent otherwise.",
+    )
+    reranker_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Seconds one rerank call may take, retries included, before the search "
+        "answers 503.",
+    )
+    model_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a model server call that failed to connect or got 502/503/504 "
+        "(model calls are idempotent), with exponential backoff, within the call's timeout.",
+    )
+    role: Literal["all", "api", "models"] = Field(
+        default="all",
+        description="What `serve` runs: `all` (store + models), `api` (store; models remote when "
+        "their URLs are set) or `models` (only `/v1/embeddings`, `/v1/rerank`, health and "
+        "metrics; opens no store).",
+    )
+
     # --- store -------------------------------------------------------------------------------
     store: str = Field(
         default="sqlite",

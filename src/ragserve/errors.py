@@ -17,7 +17,8 @@
         ├── StoreDamaged                    a damaged database file: the store is read-only
         ├── ModelNotCached                  `ragserve models pull NAME` fixes it
         ├── ModelIntegrityError             a cached file no longer matches its hash
-        └── ModelSourceError                no source could provide a model
+        ├── ModelSourceError                no source could provide a model
+        └── ModelUnavailable                a model server is down, slow or refused the call
 """
 
 from __future__ import annotations
@@ -117,3 +118,10 @@ class ModelIntegrityError(Unavailable):
 
 class ModelSourceError(Unavailable):
     error_type = "model_source"
+
+
+class ModelUnavailable(Unavailable):
+    """A remote model server (``RAGSERVE_EMBEDDER_URL`` / ``RAGSERVE_RERANKER_URL``) could not
+    answer within the timeout: down, slow, overloaded, or refusing the key."""
+
+    error_type = "model_unavailable"

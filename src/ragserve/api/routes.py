@@ -435,7 +435,7 @@ def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
             f"dimensions must be at most {embedder.dimension} for model {embedder.name}"
         )
     if body.input_type == "query":
-        vectors = svc.embed_queries(texts, embedder.name)
+        vectors = svc.embed_queries(texts, embedder.name, instruction=body.instruction)
     else:
         vectors = svc.embed_documents(texts, embedder.name)
     if body.dimensions is not None and body.dimensions < embedder.dimension:

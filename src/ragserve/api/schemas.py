@@ -170,6 +170,11 @@ class EmbeddingsIn(BaseModel):
     input_type: Literal["query", "document"] = Field(
         default="document", description="ragserve extension: apply the query or document prefix."
     )
+    instruction: StrictBool = Field(
+        default=True,
+        description="ragserve extension: false leaves out a query instruction the model marks "
+        "optional (what hybrid searches embed; see RAGSERVE_HYBRID_QUERY_INSTRUCTION).",
+    )
 
 
 class EmbeddingItem(BaseModel):

@@ -269,25 +269,29 @@ class OnnxEmbedder:
         (where the pre-tokenizer splits anyway, so the tokens are the same): one Encoding (ids,
         token strings, offsets...) and one Python tuple per token for a 10 MB text cost 3 GB.
         """
-        check_text(text)
-        if len(text) <= SPAN_WINDOW:  # most texts: one call, no batch to dispatch
-            enc = self._spans_tokenizer.encode(text, add_special_tokens=False)
-            return np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        windows = list(_windows(text, SPAN_WINDOW))
-        parts: list[npt.NDArray[np.int64]] = []
-        for group in range(0, len(windows), 16):
-            batch = windows[group : group + 16]
-            encodings = self._spans_tokenizer.encode_batch(
-                [text[a:b] for a, b in batch], add_special_tokens=False
-            )
-            for (a, _), enc in zip(batch, encodings, strict=True):
-                offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-                parts.append(offsets + a)
-        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+        return token_spans(self._spans_tokenizer, text)
 
 
 #: Characters tokenized at a time by ``OnnxEmbedder.token_spans``.
 SPAN_WINDOW = 32 * 1024
+
+
+def token_spans(tokenizer: Tokenizer, text: str) -> npt.NDArray[np.int64]:
+    """Character offsets of every token of ``text`` with ``tokenizer`` (no special tokens, no
+    truncation) as an ``(n, 2)`` int64 array; see :meth:`OnnxEmbedder.token_spans`."""
+    check_text(text)
+    if len(text) <= SPAN_WINDOW:  # most texts: one call, no batch to dispatch
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        return np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    windows = list(_windows(text, SPAN_WINDOW))
+    parts: list[npt.NDArray[np.int64]] = []
+    for group in range(0, len(windows), 16):
+        batch = windows[group : group + 16]
+        encodings = tokenizer.encode_batch([text[a:b] for a, b in batch], add_special_tokens=False)
+        for (a, _), enc in zip(batch, encodings, strict=True):
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            parts.append(offsets + a)
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
 def _windows(text: str, size: int) -> Iterator[tuple[int, int]]:

@@ -11,6 +11,7 @@ from ragserve.config import Settings
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Catalog, Kind, ModelSpec
 from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder
+from ragserve.models.remote import RemoteModels
 from ragserve.models.reranker import OnnxReranker, Reranker
 from ragserve.models.runtime import SessionConfig
 
@@ -36,6 +37,8 @@ class ModelManager:
     batching: Batching = field(default_factory=Batching)
     rerank_max_length: int = 256
     verify_hashes: bool = True
+    #: Models served by a model server (RAGSERVE_EMBEDDER_URL / RAGSERVE_RERANKER_URL).
+    remote: RemoteModels | None = None
     loads: dict[str, LoadRecord] = field(default_factory=dict)
     _embedders: dict[str, Embedder] = field(default_factory=dict)
     _rerankers: dict[str, Reranker] = field(default_factory=dict)
@@ -43,9 +46,11 @@ class ModelManager:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelManager:
+        cache = model_cache(settings)
         return cls(
             catalog=Catalog.load(settings.custom_models_path),
-            cache=model_cache(settings),
+            cache=cache,
+            remote=RemoteModels(settings, cache),
             session_config=SessionConfig(
                 threads=settings.effective_threads, spinning=settings.onnx_spinning
             ),
@@ -60,6 +65,10 @@ class ModelManager:
         with self._lock:
             if spec.name not in self._embedders:
                 started = time.perf_counter()
+                if self.remote is not None and self.remote.serves(Kind.EMBEDDER):
+                    self._embedders[spec.name] = self.remote.embedder(spec)
+                    self._record(spec.name, Kind.EMBEDDER, started)
+                    return self._embedders[spec.name]
                 cached = self.cache.verify(spec, full=self.verify_hashes)
                 config = self.session_config
                 if self.embedder_threads:
@@ -75,6 +84,10 @@ class ModelManager:
         with self._lock:
             if spec.name not in self._rerankers:
                 started = time.perf_counter()
+                if self.remote is not None and self.remote.serves(Kind.RERANKER):
+                    self._rerankers[spec.name] = self.remote.reranker(spec)
+                    self._record(spec.name, Kind.RERANKER, started)
+                    return self._rerankers[spec.name]
                 cached = self.cache.verify(spec, full=self.verify_hashes)
                 self._rerankers[spec.name] = OnnxReranker(
                     cached,
