@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite_backup import backup, restore
-from ragserve.store.sqlite_health import check_database
-from ragserve.store.sqlite_lexical import verify_files
+from ragserve.store.sqlite.backup import backup, restore
+from ragserve.store.sqlite.health import check_database
+from ragserve.store.sqlite.lexical import verify_files
 from ragserve.types import Chunk, Document
 
 

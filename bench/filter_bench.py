@@ -7,7 +7,7 @@ Builds a SQLite store in a temporary directory (``--docs`` one-chunk documents, 
 vectors, metadata ``{"g": i % 100, "tags": [...]}``, every search exact), then times
 ``dense_search(k=10)`` with each filter and prints one JSON object: median milliseconds per
 filter. ``--compiler FILE`` also times another ``to_sql`` (a copy of an older
-``src/ragserve/store/sqlite_filters.py``, e.g. ``git show REV:src/ragserve/store/sqlite_filters.py
+``src/ragserve/store/sqlite/filters.py``, e.g. ``git show REV:src/ragserve/store/sqlite/filters.py
 > /tmp/old.py``) on the same store, taking turns run by run (keys ``alt_*``); a filter it cannot
 run is reported as the error it raised.
 """
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ragserve.store.sqlite as sqlite_store
+import ragserve.store.sqlite.store as sqlite_store
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit

@@ -38,8 +38,8 @@ from ragserve.evaluation import Qrels, beir_scores, load_beir
 from ragserve.models.manager import ModelManager
 from ragserve.search import Searcher, SearchRequest
 from ragserve.store.base import Store
-from ragserve.store.postgres import PostgresStore
-from ragserve.store.postgres_sql import query_words
+from ragserve.store.postgres.sql import query_words
+from ragserve.store.postgres.store import PostgresStore
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
 

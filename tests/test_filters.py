@@ -21,7 +21,7 @@ from ragserve.filters import (
     matches,
     parse_filter,
 )
-from ragserve.store.sqlite_filters import json_path, to_sql
+from ragserve.store.sqlite.filters import json_path, to_sql
 
 
 def test_empty_filters_match_everything() -> None:

@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ragserve.cli import app
+from ragserve.config import Settings
 from ragserve.errors import InvalidInput
-from ragserve.store.base import Store
+from ragserve.store.base import BACKENDS, Backend, Store
 from ragserve.store.migrate import MigrationMismatch, migrate, open_endpoint
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
@@ -83,8 +84,9 @@ def snapshot(store: Store) -> dict[str, Any]:
 def test_round_trip_sqlite_postgres_sqlite(tmp_path: Path, dsn: str) -> None:
     src = SqliteStore(tmp_path / "a")
     fill(src)
-    pg = open_endpoint(f"postgres:{dsn}")
-    back = open_endpoint(f"sqlite:{tmp_path / 'b'}")
+    settings = Settings(data_dir=tmp_path / "unused")
+    pg = open_endpoint(f"postgres:{dsn}", settings)
+    back = open_endpoint(f"sqlite:{tmp_path / 'b'}", settings)
     try:
         reports = migrate(src, pg)
         assert {(r.name, r.documents, r.copied, r.skipped) for r in reports} == {
@@ -127,6 +129,30 @@ def test_cli_migrate(tmp_path: Path, dsn: str) -> None:
 
 
 @pytest.mark.parametrize("spec", ["sqlite", "sqlite:", "mysql:x", "postgres"])
-def test_bad_endpoint_is_rejected(spec: str) -> None:
-    with pytest.raises(InvalidInput):
-        open_endpoint(spec)
+def test_bad_endpoint_is_rejected(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="postgres:DSN or sqlite:PATH"):
+        open_endpoint(spec, Settings(data_dir=tmp_path))
+
+
+def test_endpoints_open_through_the_backend_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered backend is an endpoint kind: its factory gets the caller's settings with the
+    endpoint's setting (validated: ``~`` expanded) and ``store`` set to its name."""
+    seen: list[Settings] = []
+
+    def factory(settings: Settings) -> Store:
+        seen.append(settings)
+        return SqliteStore(settings.data_dir)
+
+    monkeypatch.setitem(BACKENDS, "mine", Backend(factory, "data_dir", "PATH"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = Settings(data_dir=tmp_path / "base", exact_search_below=7)
+    opened = open_endpoint("mine:~/there", base)
+    opened.close()
+    assert seen[0].store == "mine"
+    assert seen[0].data_dir == tmp_path / "there"
+    assert seen[0].exact_search_below == 7
+    assert base.store == "sqlite" and base.data_dir == tmp_path / "base"
+    with pytest.raises(InvalidInput, match="mine:PATH or postgres:DSN or sqlite:PATH"):
+        open_endpoint("nosuch:x", base)

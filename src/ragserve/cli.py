@@ -746,7 +746,7 @@ def backup(
     data_dir: DataDir = None,
 ) -> None:
     """Back up the embedded store (consistent, also while a server is serving it)."""
-    from ragserve.store.sqlite_backup import backup as run_backup
+    from ragserve.store.sqlite.backup import backup as run_backup
 
     try:
         info = run_backup(_embedded_data_dir(data_dir), dest)
@@ -766,7 +766,7 @@ def restore(
     ] = False,
 ) -> None:
     """Restore a backup into the data directory (stop the server first)."""
-    from ragserve.store.sqlite_backup import restore as run_restore
+    from ragserve.store.sqlite.backup import restore as run_restore
 
     target = _embedded_data_dir(data_dir)
     try:
@@ -785,7 +785,7 @@ def store_repair(data_dir: DataDir = None) -> None:
     """Salvage the readable rows of a damaged database into a fresh one (stop the server)."""
     import json
 
-    from ragserve.store.sqlite_backup import repair
+    from ragserve.store.sqlite.backup import repair
 
     try:
         report = repair(_embedded_data_dir(data_dir))

@@ -86,7 +86,7 @@ _STORE_PARAMS = [
 @pytest.fixture(params=_STORE_PARAMS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param in POSTGRES_VARIANTS:
-        from ragserve.store.postgres import PostgresStore
+        from ragserve.store.postgres.store import PostgresStore
 
         dsn = request.getfixturevalue("postgres_dsn")
         opened: Store = PostgresStore(dsn, connect_kwargs=POSTGRES_VARIANTS[request.param])

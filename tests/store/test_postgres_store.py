@@ -17,13 +17,13 @@ import pytest
 
 from ragserve.errors import InvalidInput, Unavailable
 from ragserve.filters import parse_filter
-from ragserve.store import postgres_schema
-from ragserve.store.postgres_sql import to_sql
+from ragserve.store.postgres import schema as postgres_schema
+from ragserve.store.postgres.sql import to_sql
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
 
 psycopg = pytest.importorskip("psycopg")
-from ragserve.store.postgres import PostgresStore  # noqa: E402
+from ragserve.store.postgres.store import PostgresStore  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 DIM = 8

@@ -15,7 +15,7 @@ import pytest
 
 from ragserve.files import sha256_file
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite_ann import AnnParams, DenseIndex, HnswIndex
+from ragserve.store.sqlite.ann import AnnParams, DenseIndex, HnswIndex
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
 from tests.store.test_sqlite_store import DIM, build, exact_ids, ids, open_ann

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ragserve.errors import CollectionNotFound, Unavailable
-from ragserve.store.sqlite import SqliteStore, fts_query
-from ragserve.store.sqlite_ann import AnnParams
+from ragserve.store.sqlite.ann import AnnParams
+from ragserve.store.sqlite.store import SqliteStore, fts_query
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
 from tests.store.conftest import crash

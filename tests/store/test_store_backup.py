@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ragserve.cli import app
 from ragserve.errors import Conflict, InvalidInput, Unavailable
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite_backup import backup, repair, restore
+from ragserve.store.sqlite.backup import backup, repair, restore
 from tests.store.test_store_damage import DIM, filled, put
 from tests.store.test_store_durability import Acks, read_acks, start_writer, vectors
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from ragserve.errors import InsufficientStorage, StoreDamaged, Unavailable
-from ragserve.store import sqlite_health
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite_lexical import COMPONENTS, LexicalIndex, verify_files
+from ragserve.store.sqlite import health as sqlite_health
+from ragserve.store.sqlite.lexical import COMPONENTS, LexicalIndex, verify_files
 from ragserve.types import Chunk, Document
 
 DIM = 8
@@ -112,7 +112,7 @@ def test_tantivy_failing_at_run_time_falls_back_to_fts5_then_rebuilds(
         for _ in range(3):  # every search answers (from FTS5), none raises
             assert found(store, 5) == "d5#1"
         assert 1 not in store._lexical.indexes  # dropped: rebuilt at its next use
-        monkeypatch.setattr("ragserve.store.sqlite.LEXICAL_RETRY", 0.0)
+        monkeypatch.setattr("ragserve.store.sqlite.store.LEXICAL_RETRY", 0.0)
         store._lexical_retry.clear()
         assert found(store, 6) == "d6#1"
         assert store._lexical.last_load[1] == "rebuilt"

@@ -6,7 +6,7 @@ the reason until then, or for good when a model is missing from the cache). A st
 (a damaged database, a data directory another server holds, a missing model) calls
 ``on_startup_failure``: ``ragserve serve`` passes one that stops the server, which then exits
 non-zero with the reason. After start-up, ``/readyz`` is 503 while the store cannot take writes
-(a full disk, a damaged file: :class:`~ragserve.store.sqlite_health.ReportsHealth`).
+(a full disk, a damaged file: :class:`~ragserve.store.sqlite.health.ReportsHealth`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ragserve.config import Settings
 from ragserve.errors import RagserveError
 from ragserve.metrics import AdmissionCollector
 from ragserve.service import RetrievalService
-from ragserve.store.sqlite_health import ReportsHealth
+from ragserve.store.sqlite.health import ReportsHealth
 
 log = logging.getLogger("ragserve.api")
 

@@ -276,36 +276,79 @@ def check_upsert(
 
 StoreFactory = Callable[["Settings"], Store]
 
-#: Backends by name: ``"module:callable"`` taking :class:`Settings`, imported on first use so
-#: optional dependencies (psycopg) load only when that backend is chosen.
-BACKENDS: dict[str, str | StoreFactory] = {
-    "sqlite": "ragserve.store.sqlite:SqliteStore.from_settings",
-    "postgres": "ragserve.store.postgres:PostgresStore.from_settings",
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A store backend, registered by name.
+
+    ``factory`` is a callable taking :class:`Settings`, or ``"module:callable"`` imported on first
+    use so optional dependencies (psycopg) load only when that backend is chosen. ``endpoint``
+    names the setting an endpoint ``NAME:WHERE`` (``ragserve migrate --from/--to``) sets to WHERE;
+    ``where`` says what WHERE is, for messages.
+    """
+
+    factory: str | StoreFactory
+    endpoint: str
+    where: str
+
+    def resolve(self) -> StoreFactory:
+        if not isinstance(self.factory, str):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+        factory: StoreFactory = target
+        return factory
+
+
+BACKENDS: dict[str, Backend] = {
+    "sqlite": Backend("ragserve.store.sqlite:SqliteStore.from_settings", "data_dir", "PATH"),
+    "postgres": Backend(
+        "ragserve.store.postgres.store:PostgresStore.from_settings", "postgres_dsn", "DSN"
+    ),
 }
 
 
-def register_backend(name: str, factory: str | StoreFactory) -> None:
-    BACKENDS[name] = factory
+def register_backend(name: str, backend: Backend) -> None:
+    BACKENDS[name] = backend
 
 
 def backend_names() -> list[str]:
     return sorted(BACKENDS)
 
 
-def resolve_backend(name: str) -> StoreFactory:
-    entry = BACKENDS.get(name)
-    if entry is None:
+def get_backend(name: str) -> Backend:
+    backend = BACKENDS.get(name)
+    if backend is None:
         raise InvalidInput(f"unknown store backend {name!r}; valid: {', '.join(backend_names())}")
-    if not isinstance(entry, str):
-        return entry
-    module_name, _, attr = entry.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    factory: StoreFactory = target
-    return factory
+    return backend
+
+
+def resolve_backend(name: str) -> StoreFactory:
+    return get_backend(name).resolve()
 
 
 def open_store(settings: Settings) -> Store:
     """The store named by ``settings.store``."""
     return resolve_backend(settings.store)(settings)
+
+
+def endpoint_forms() -> str:
+    """``postgres:DSN or sqlite:PATH``: the endpoints :func:`open_endpoint` accepts."""
+    return " or ".join(f"{name}:{BACKENDS[name].where}" for name in backend_names())
+
+
+def open_endpoint(spec: str, settings: Settings) -> Store:
+    """The store at ``NAME:WHERE`` (e.g. ``sqlite:PATH``, ``postgres:DSN``): backend ``NAME`` of
+    the registry, opened with ``settings`` whose backend's endpoint setting is WHERE."""
+    name, sep, where = spec.partition(":")
+    if not sep or not where:
+        raise InvalidInput(f"store {spec!r}: expected {endpoint_forms()}")
+    if name not in BACKENDS:
+        raise InvalidInput(f"store {spec!r}: unknown kind {name!r}; expected {endpoint_forms()}")
+    backend = BACKENDS[name]
+    # Validated like any setting (paths expanded, secrets wrapped), without re-reading the
+    # environment.
+    values = {**settings.model_dump(), "store": name, backend.endpoint: where}
+    return backend.resolve()(type(settings).model_validate(values))

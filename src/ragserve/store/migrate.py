@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from pydantic import SecretStr
-
-from ragserve.config import Settings
-from ragserve.errors import InvalidInput, RagserveError
-from ragserve.store.base import Store, open_store
+from ragserve.errors import RagserveError
+from ragserve.store.base import Store, open_endpoint
 from ragserve.types import Document
+
+__all__ = ["MigrationMismatch", "migrate", "migrate_collection", "open_endpoint"]
 
 #: Called after each document: (collection, documents done, documents in the collection).
 Progress = Callable[[str, int, int], None]
@@ -37,21 +35,6 @@ class CollectionReport:
     chunks: int
     copied: int
     skipped: int
-
-
-def open_endpoint(spec: str, settings: Settings | None = None) -> Store:
-    """``sqlite:PATH`` (a data directory) or ``postgres:DSN``, opened through the registry."""
-    kind, sep, where = spec.partition(":")
-    if not sep or not where:
-        raise InvalidInput(f"store {spec!r}: expected sqlite:PATH or postgres:DSN")
-    base = settings or Settings()
-    if kind == "sqlite":
-        update: dict[str, object] = {"store": "sqlite", "data_dir": Path(where).expanduser()}
-    elif kind == "postgres":
-        update = {"store": "postgres", "postgres_dsn": SecretStr(where)}
-    else:
-        raise InvalidInput(f"store {spec!r}: unknown kind {kind!r}; valid: postgres, sqlite")
-    return open_store(base.model_copy(update=update))
 
 
 def migrate_collection(

@@ -21,7 +21,7 @@ missing, stale or corrupt index file is rebuilt from the vectors in SQLite.
 
 Lexical search: FTS5 is the transactional BM25 index, kept in every write's transaction; with
 ``lexical_index="tantivy"`` (the default) searches go to a tantivy index derived from SQLite
-(:mod:`.sqlite_lexical`: ~100x faster at 100,000 chunks), with ``"fts5"`` to FTS5 itself.
+(:mod:`.lexical`: ~100x faster at 100,000 chunks), with ``"fts5"`` to FTS5 itself.
 
 Concurrency: writes take one lock and the writer connection; each reading thread has its own
 connection (WAL readers never block the writer). A ``flock`` on ``ragserve.lock`` stops a second
@@ -55,7 +55,6 @@ from ragserve.errors import (
     Unavailable,
 )
 from ragserve.filters import Filter, coerce_filter
-from ragserve.store import sqlite_ann as ann
 from ragserve.store.base import (
     ChunkRef,
     CollectionInfo,
@@ -73,10 +72,11 @@ from ragserve.store.base import (
     check_query_vector,
     check_upsert,
 )
-from ragserve.store.sqlite_filters import to_sql
-from ragserve.store.sqlite_health import StoreHealth, check_database, guarded
-from ragserve.store.sqlite_index import IndexKeeper
-from ragserve.store.sqlite_lexical import LexicalKeeper, tantivy_failure
+from ragserve.store.sqlite import ann
+from ragserve.store.sqlite.filters import to_sql
+from ragserve.store.sqlite.health import StoreHealth, check_database, guarded
+from ragserve.store.sqlite.index import IndexKeeper
+from ragserve.store.sqlite.lexical import LexicalKeeper, tantivy_failure
 from ragserve.types import Chunk, Document
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ Every method runs under the store's write lock, on the writer connection, so the
 an index is loaded from or saved against cannot change meanwhile. At open, a saved index whose
 files are intact but older than the database (the process died before saving) is caught up by
 replaying the difference between its saved key set and the chunks in SQLite; anything else
-that does not match is rebuilt from SQLite. See :mod:`.sqlite_ann` for the
+that does not match is rebuilt from SQLite. See :mod:`.ann` for the
 indexes themselves and the manifest.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ragserve.files import sha256_file
-from ragserve.store import sqlite_ann as ann
 from ragserve.store.base import Vectors
+from ragserve.store.sqlite import ann
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from ragserve import __version__
 from ragserve.errors import Conflict, InvalidInput, NotFound, Unavailable
 from ragserve.files import fsync_path, sha256_file
-from ragserve.store.sqlite_health import check_database
+from ragserve.store.sqlite.health import check_database
 
 FORMAT = 1
 DB = "ragserve.db"
@@ -237,7 +237,7 @@ _TABLES = {
 
 def repair(data_dir: Path) -> dict[str, object]:
     """Salvage the readable rows of ``data_dir``'s database into a fresh one (module doc)."""
-    from ragserve.store.sqlite import FTS_TOKENIZER, SqliteStore
+    from ragserve.store.sqlite.store import FTS_TOKENIZER, SqliteStore
 
     source = data_dir / DB
     if not source.is_file():

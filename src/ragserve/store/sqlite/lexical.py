@@ -37,7 +37,7 @@ from pathlib import Path
 import tantivy
 
 from ragserve.files import write_atomic
-from ragserve.store.sqlite_ann import Keys, read_manifest
+from ragserve.store.sqlite.ann import Keys, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Several ragserve processes (stateless API replicas) can share one database: PostgreSQL is the
 only state, every write is one transaction, and nothing is cached in the process except the
-pgvector version. The schema is created and migrated at open (:mod:`.postgres_schema`).
+pgvector version. The schema is created and migrated at open (:mod:`.schema`).
 
 Dense search: ``chunks`` is LIST-partitioned by collection, and each partition carries its own
 HNSW index on ``(embedding::vector(<dim>))`` with ``vector_cosine_ops``. An HNSW index must be
@@ -51,7 +51,6 @@ from ragserve.errors import (
     Unavailable,
 )
 from ragserve.filters import Filter, coerce_filter
-from ragserve.store import postgres_schema
 from ragserve.store.base import (
     ChunkRef,
     CollectionInfo,
@@ -69,7 +68,8 @@ from ragserve.store.base import (
     check_query_vector,
     check_upsert,
 )
-from ragserve.store.postgres_sql import query_words, to_sql
+from ragserve.store.postgres import schema as postgres_schema
+from ragserve.store.postgres.sql import query_words, to_sql
 from ragserve.types import Chunk, Document
 
 if TYPE_CHECKING:
