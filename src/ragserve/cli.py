@@ -293,6 +293,31 @@ def serve(
         raise fail(f"start-up failed: {failures[0]}")
 
 
+@app.command("mcp")
+def mcp_command(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running ragserve to use (one copy of the models for every agent); "
+            "default: serve the local data directory in this process."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Key for --url (default: the first of RAGSERVE_API_KEYS).")
+    ] = None,
+) -> None:
+    """Speak MCP over stdin/stdout, for a local agent (tools: search, list_collections,
+    get_document, add_text). A running server also speaks it at /mcp."""
+    import anyio
+
+    from ragserve.api.app import create_app
+    from ragserve.mcp_server import serve_stdio
+
+    s = settings()
+    key = api_key or (s.api_keys[0].get_secret_value() if s.api_keys else None)
+    anyio.run(serve_stdio, url, key, lambda: create_app(s, observability=False))
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective settings as JSON, secrets masked."""

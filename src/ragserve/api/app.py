@@ -31,6 +31,7 @@ from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
+from ragserve.mcp_server import install_mcp
 from ragserve.metrics import AdmissionCollector
 from ragserve.service import RetrievalService
 from ragserve.store.sqlite.health import ReportsHealth
@@ -110,7 +111,8 @@ def create_app(
         )
         loader.start()
         try:
-            yield
+            async with mcp_sessions():
+                yield
         finally:
             admission.close()
             parsing = getattr(app.state, "parsing", None)
@@ -139,6 +141,7 @@ def create_app(
     app.include_router(health_router)
     app.include_router(collections_router)
     app.include_router(models_router)
+    mcp_sessions = install_mcp(app, settings.host)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
         metrics = install_observability(app, lambda: state.service if state.ready else None)

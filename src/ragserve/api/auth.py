@@ -15,18 +15,23 @@ from fastapi.openapi.utils import get_openapi
 from ragserve.errors import Unauthorized
 
 
-async def require_key(request: Request) -> None:
-    """Async on purpose: it never blocks, and a sync dependency costs every /v1 request a trip
-    through the thread pool, in front of admission control (ragserve.admission)."""
-    keys: list[bytes] = request.app.state.api_keys
+def check_key(authorization: str | None, keys: list[bytes]) -> None:
+    """Raise :class:`Unauthorized` unless ``authorization`` carries one of ``keys`` (or there are
+    no keys). Shared by the /v1 routes, /mcp and /ui."""
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     given = token.strip().encode()
     if not any(hmac.compare_digest(given, key) for key in keys):
         raise Unauthorized("invalid API key")
+
+
+async def require_key(request: Request) -> None:
+    """Async on purpose: it never blocks, and a sync dependency costs every /v1 request a trip
+    through the thread pool, in front of admission control (ragserve.admission)."""
+    check_key(request.headers.get("authorization"), request.app.state.api_keys)
 
 
 def document_security(app: FastAPI) -> None:
