@@ -175,6 +175,21 @@ def test_document_without_chunks(coll: Store) -> None:
     assert coll.get_document("c", "empty").chunks == ()
 
 
+def test_chunk_windows_read_index_ranges_in_one_snapshot(coll: Store) -> None:
+    add(coll, "d1", ["a0", "a1", "a2", "a3"])
+    add(coll, "d2", ["b0"])
+    got = coll.chunk_windows("c", [("d1", 1, 2), ("d2", -3, 5), ("gone", 0, 9), ("d1", 3, 99)])
+    assert [[(ch.id, ch.text, ch.start, ch.metadata) for ch in w] for w in got] == [
+        [("d1#1", "a1", 1, {"i": 1}), ("d1#2", "a2", 2, {"i": 2})],
+        [("d2#0", "b0", 0, {"i": 0})],
+        [],
+        [("d1#3", "a3", 3, {"i": 3})],
+    ]
+    assert coll.chunk_windows("c", []) == []
+    with pytest.raises(CollectionNotFound):
+        coll.chunk_windows("nope", [("d1", 0, 1)])
+
+
 @pytest.mark.parametrize(
     "vectors",
     [

@@ -186,6 +186,14 @@ class Store(Protocol):
         with its new text)."""
         ...
 
+    def chunk_windows(
+        self, collection: str, windows: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[Chunk, ...]]:
+        """For each ``(document id, first, last)``: that document's chunks with
+        ``first <= index <= last``, in index order (empty if the document is gone), read in one
+        snapshot. Context expansion (:mod:`ragserve.context`) reads a hit's neighbours with it."""
+        ...
+
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` (by id) with its chunks in index order and their
         vectors (one row per chunk), each document read in one snapshot: for migrations."""

@@ -330,6 +330,34 @@ class PostgresStore(SearchByRefs):
             doc, _ = self._read_document(conn, c, document_id, with_vectors=False)
             return doc
 
+    def chunk_windows(
+        self, collection: str, windows: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[Chunk, ...]]:
+        with self._conn() as conn:
+            c = self._collection(conn, collection)
+            if not windows:
+                return []
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT w.n, c.idx, c.text, c.start_char, c.end_char, c.metadata "
+                    "FROM unnest(%s::text[], %s::integer[], %s::integer[]) "
+                    "WITH ORDINALITY AS w(doc_id, first, last, n) "
+                    "JOIN documents d ON d.collection_id = %s AND d.doc_id = w.doc_id "
+                    "JOIN {t} c ON c.document_id = d.id AND c.idx BETWEEN w.first AND w.last "
+                    "ORDER BY w.n, c.idx"
+                ).format(t=c.table),
+                (
+                    [w[0] for w in windows],
+                    [w[1] for w in windows],
+                    [w[2] for w in windows],
+                    c.id,
+                ),
+            ).fetchall()
+        out: list[list[Chunk]] = [[] for _ in windows]
+        for n, idx, text, start, end, meta in rows:
+            out[n - 1].append(Chunk(windows[n - 1][0], idx, text, start, end, meta))
+        return [tuple(chunks) for chunks in out]
+
     def _read_document(
         self, conn: Conn, c: _Collection, document_id: str, *, with_vectors: bool
     ) -> tuple[StoredDocument, Vectors]:

@@ -538,6 +538,31 @@ class SqliteStore(SearchByRefs):
             none = np.zeros(0, dtype=np.int64)
             self._mirror(c, index, removed, none, empty, [])
 
+    @guarded
+    def chunk_windows(
+        self, collection: str, windows: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[Chunk, ...]]:
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        if not windows:
+            return []
+        conn.execute("BEGIN")  # one snapshot for every window
+        try:
+            out = []
+            for doc_id, first, last in windows:
+                rows = conn.execute(
+                    "SELECT c.idx, c.text, c.start_char, c.end_char, c.metadata FROM chunks c "
+                    "JOIN documents d ON d.id = c.document_id WHERE d.collection_id = ? "
+                    "AND d.doc_id = ? AND c.idx BETWEEN ? AND ? ORDER BY c.idx",
+                    (c.id, doc_id, first, last),
+                ).fetchall()
+                out.append(
+                    tuple(Chunk(doc_id, r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows)
+                )
+        finally:
+            conn.execute("COMMIT")
+        return out
+
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` with its chunks and vectors (for migrations)."""
         try:
