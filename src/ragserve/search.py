@@ -15,20 +15,22 @@ keep their order below them. Figures in ``docs/store.md`` ("Fusion").
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ragserve.context import ExpandSpec, expand
 from ragserve.errors import ClientGone, InvalidInput
 from ragserve.filters import Filter, parse_filter
 from ragserve.fusion import Candidate as _Candidate
 from ragserve.fusion import FusionSpec, fuse
+from ragserve.highlight import HighlightSpec, highlight, query_terms
 from ragserve.models.embedder import Embedder
 from ragserve.models.reranker import Reranker
-from ragserve.store.base import ChunkRef, ScoredChunk, Store
+from ragserve.store.base import MAX_K, ChunkRef, ScoredChunk, Store
 from ragserve.types import JSONDict
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -67,6 +69,15 @@ class SearchRequest:
     rerank_retrieval_weight: float = 1.0
     rerank_weight: float = 1.0
     rerank_rrf_k: int = 5
+    #: Hits skipped before the page: pages of one query are slices of one ranking (below).
+    offset: int = 0
+    #: Per hit, each leg's rank and score, the fused and reranked ones (``SearchHit.explain``).
+    explain: bool = False
+    #: Per hit, its best passages with the offsets of matched query terms
+    #: (:mod:`ragserve.highlight`).
+    highlight: HighlightSpec | None = None
+    #: Per hit, its neighbouring chunks or its section as one text (:mod:`ragserve.context`).
+    expand: ExpandSpec | None = None
     #: True once nobody waits for the answer (the HTTP client left): the search stops before
     #: its costliest stage, the rerank, with :class:`~ragserve.errors.ClientGone`.
     cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
@@ -85,6 +96,14 @@ class SearchHit:
     chunk_metadata: JSONDict = field(default_factory=dict)
     #: The evidence behind ``score``: "dense", "lexical", "fused", "rerank" (raw logit).
     scores: Mapping[str, float] = field(default_factory=dict)
+    #: With ``explain``: {leg: {"rank", "score"}} for "dense", "lexical" and "fused" (ranks
+    #: from 1 in that list; a leg that did not return the chunk is absent), and "rerank":
+    #: {"rank", "logit"} for a hit in the reranked head.
+    explain: JSONDict | None = None
+    #: With ``highlight``: passages, best first (see :func:`ragserve.highlight.highlight`).
+    highlights: list[JSONDict] | None = None
+    #: With ``expand``: the merged context (see :func:`ragserve.context.expand`).
+    context: JSONDict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,10 @@ class SearchResult:
     reranked: bool
     #: Hybrid only: the fusion used, with the weight each leg got (given or adaptive).
     fusion: Mapping[str, Any] | None = None
+    #: The ``offset`` of the next page, None when this page ends the ranking.
+    next_offset: int | None = None
+    #: With ``explain``: how the ranking was made (see :meth:`Searcher.search`).
+    explain: JSONDict | None = None
 
 
 def rrf(rankings: Sequence[tuple[Sequence[ChunkRef], float, str]], k: int) -> list[_Candidate]:
@@ -221,6 +244,15 @@ class Searcher:
         if not isinstance(req.query, str):
             raise InvalidInput("query must be a string")
         _int_in("top_k", req.top_k, 1, self.max_k)
+        _int_in("offset", req.offset, 0, self.max_candidates)
+        if req.highlight is not None:
+            if not isinstance(req.highlight, HighlightSpec):
+                raise InvalidInput("highlight must be a HighlightSpec")
+            req.highlight.check()
+        if req.expand is not None:
+            if not isinstance(req.expand, ExpandSpec):
+                raise InvalidInput("expand must be an ExpandSpec")
+            req.expand.check()
         for name in ("dense_candidates", "lexical_candidates"):
             if getattr(req, name) is not None:
                 _int_in(name, getattr(req, name), 1, self.max_candidates)
@@ -272,22 +304,43 @@ class Searcher:
             raise InvalidInput("reranking was requested but no reranker is configured")
         timings = dict.fromkeys(STAGES, 0.0)
         # Enough candidates for the page, the reranker and collapsing chunks into documents.
+        # One leg's ranking is a prefix of a deeper one, so its depth follows the page; a fused
+        # ranking depends on its legs' depth (normalisation, who is missing from a leg), so its
+        # depth ignores ``offset``: every page of a query is a slice of the same fused list.
         need = max(req.top_k, req.rerank_top_n if req.rerank else 0)
+        # (+1: one more than the page shows whether another page follows.)
+        single = max(need, req.offset + req.top_k + 1)
         if req.collapse:
             need = min(need * 3, self.max_candidates)
+            single = min(single * 3, max(self.max_candidates, single))
         legs: list[tuple[str, Sequence[ChunkRef]]] = []
+        depth: dict[str, int] = {}
         if req.mode in ("dense", "hybrid") and embed_fn is not None:
             t = time.perf_counter()
             vector = embed_fn([req.query])[0]
             timings["embed"] = _ms(t)
             t = time.perf_counter()
-            count = need if req.mode == "dense" else max(need, _side(req, req.dense_candidates))
-            legs.append(("dense", self.store.dense_refs(collection, vector, count, node)))
+            count = single if req.mode == "dense" else max(need, _side(req, req.dense_candidates))
+
+            def dense(k: int) -> list[ChunkRef]:
+                return self.store.dense_refs(collection, vector, k, node)
+
+            refs = _whole_ties(dense, count) if req.mode == "dense" else dense(count)
+            legs.append(("dense", refs))
+            depth["dense"] = max(count, len(refs))
             timings["dense"] = _ms(t)
         if req.mode in ("lexical", "hybrid"):
             t = time.perf_counter()
-            count = need if req.mode == "lexical" else max(need, _side(req, req.lexical_candidates))
-            legs.append(("lexical", self.store.lexical_refs(collection, req.query, count, node)))
+            count = (
+                single if req.mode == "lexical" else max(need, _side(req, req.lexical_candidates))
+            )
+
+            def lexical(k: int) -> list[ChunkRef]:
+                return self.store.lexical_refs(collection, req.query, k, node)
+
+            refs = _whole_ties(lexical, count) if req.mode == "lexical" else lexical(count)
+            legs.append(("lexical", refs))
+            depth["lexical"] = max(count, len(refs))
             timings["lexical"] = _ms(t)
 
         t = time.perf_counter()
@@ -309,10 +362,16 @@ class Searcher:
         if req.collapse:
             candidates = collapse_documents(candidates)
         timings["fuse"] = _ms(t)
+        ranks: dict[str, dict[Hashable, int]] = {}
+        if req.explain:
+            ranks = {name: _first_ranks(hits) for name, hits in legs}
+            if req.mode == "hybrid":
+                ranks["fused"] = {c.chunk.key: i for i, c in enumerate(candidates, start=1)}
 
         # Texts and metadata are read only for the chunks that need them: the reranked head and
         # the returned page (not the hundreds of candidates fusion looked at).
         chunks: dict[str, ScoredChunk] = {}
+        rerank_info: JSONDict | None = None
         if req.rerank and rerank_fn is not None and candidates:
             if req.cancelled is not None and req.cancelled():
                 raise ClientGone("the client left before its search was reranked")
@@ -323,18 +382,26 @@ class Searcher:
             )
             head = candidates[: req.rerank_top_n]
             passages = [chunks[c.chunk.chunk_id].text[: req.rerank_max_chars] for c in head]
-            logits = rerank_fn(req.query, passages)
+            logits = [float(x) for x in rerank_fn(req.query, passages)]
+            signals = head_signals(req.mode, weights, req.rerank_retrieval_weight)
+            if req.explain:
+                by_logit = _ranks(logits)
+                ranks["rerank"] = {c.chunk.key: int(r) for c, r in zip(head, by_logit, strict=True)}
+                rerank_info = {
+                    "top_n": len(head),
+                    "k": req.rerank_rrf_k,
+                    "weights": {n: round(w, 4) for n, w in signals.items()}
+                    | {"rerank": req.rerank_weight},
+                }
             candidates = rerank_fuse(
-                candidates,
-                [float(x) for x in logits],
-                signals=head_signals(req.mode, weights, req.rerank_retrieval_weight),
-                rerank_weight=req.rerank_weight,
+                candidates, logits, signals=signals, rerank_weight=req.rerank_weight,
                 k=req.rerank_rrf_k,
-            )
+            )  # fmt: skip
             timings["rerank"] = _ms(t)
 
-        page = self._present(collection, candidates[: req.top_k], chunks)
-        hits = tuple(
+        end = req.offset + req.top_k
+        page = self._present(collection, candidates[req.offset : end], chunks)
+        hits = [
             SearchHit(
                 document_id=c.chunk.document_id,
                 chunk_id=c.chunk.chunk_id,
@@ -345,11 +412,87 @@ class Searcher:
                 metadata=chunks[c.chunk.chunk_id].metadata,
                 chunk_metadata=chunks[c.chunk.chunk_id].chunk_metadata,
                 scores=dict(c.scores),
+                explain=_explain_hit(c, ranks) if req.explain else None,
             )
-            for rank, c in enumerate(page, start=1)
-        )
+            for rank, c in enumerate(page, start=req.offset + 1)
+        ]
+        if req.highlight is not None:
+            t = time.perf_counter()
+            terms = query_terms(req.query)
+            spec_h = req.highlight
+            hits = [replace(h, highlights=highlight(h.text, terms, spec_h)) for h in hits]
+            timings["highlight"] = _ms(t)
+        if req.expand is not None and hits:
+            t = time.perf_counter()
+            spec_e = req.expand
+            windows = self.store.chunk_windows(
+                collection, [(h.document_id, *spec_e.window(h.chunk_index)) for h in hits]
+            )
+            hits = [
+                replace(h, context=expand(h.chunk_index, w, spec_e))
+                for h, w in zip(hits, windows, strict=True)
+            ]
+            timings["expand"] = _ms(t)
+        explain: JSONDict | None = None
+        if req.explain:
+            explain = {
+                "mode": req.mode,
+                "legs": {n: {"depth": depth[n], "returned": len(h)} for n, h in legs},
+                "fusion": fusion_info,
+                "collapse": req.collapse,
+                "rerank": rerank_info,
+            }
         timings["total"] = _ms(started)
-        return SearchResult(hits, timings, req.mode, reranked=req.rerank, fusion=fusion_info)
+        return SearchResult(
+            tuple(hits),
+            timings,
+            req.mode,
+            reranked=req.rerank,
+            fusion=fusion_info,
+            next_offset=end if len(candidates) > end else None,
+            explain=explain,
+        )
+
+
+def _whole_ties(fetch: Callable[[int], list[ChunkRef]], want: int) -> list[ChunkRef]:
+    """At least ``want`` of one leg's best (all if fewer exist), best first, none of them from
+    a tied group cut short by the store's ``k``.
+
+    Which chunks of a tied group a store returns at its cut-off is its own business; without
+    this, a page could differ between a search that asks for it alone and one that asks for
+    more (pagination). One extra chunk is asked for, so without a tie at the cut-off it costs
+    one store call, as before."""
+    k = min(want + 1, MAX_K)
+    while True:
+        refs = fetch(k)
+        if len(refs) < k or k >= MAX_K:
+            break
+        last = refs[-1].score
+        kept = [r for r in refs if r.score != last]
+        if len(kept) >= want:
+            refs = kept
+            break
+        k = min(k * 4, MAX_K)
+    return sorted(refs, key=lambda r: -r.score)  # stable: ties keep the store's order
+
+
+def _first_ranks(hits: Sequence[ChunkRef]) -> dict[Hashable, int]:
+    """Each chunk's rank (from 1) in one leg's list; a chunk listed twice keeps its first."""
+    out: dict[Hashable, int] = {}
+    for rank, hit in enumerate(hits, start=1):
+        out.setdefault(hit.key, rank)
+    return out
+
+
+def _explain_hit(c: _Candidate, ranks: Mapping[str, Mapping[Hashable, int]]) -> JSONDict:
+    out: JSONDict = {}
+    for name, by_key in ranks.items():
+        rank = by_key.get(c.chunk.key)
+        if rank is None or name not in c.scores:
+            continue
+        value = "logit" if name == "rerank" else "score"
+        out[name] = {"rank": rank, value: float(c.scores[name])}
+    return out
 
 
 def _int_in(name: str, value: object, lo: int, hi: int) -> None:

@@ -21,9 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ragserve.admission import Admission, Kind, wait_for_disconnect
 from ragserve.api import schemas as s
 from ragserve.api.auth import require_key
+from ragserve.api.search_io import search_json, search_request
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
-from ragserve.fusion import parse_fusion, settings_fusion
+from ragserve.fusion import settings_fusion
 from ragserve.ingest.limits import Limits
 from ragserve.ingest.parsers import check_chars
 from ragserve.ingest.records import check_record
@@ -31,7 +32,6 @@ from ragserve.ingest.sources import IngestFailure, Item
 from ragserve.ingest.worker import ParsePool
 from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, check_text, check_texts
 from ragserve.models.reranker import sigmoid
-from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService, document_id_for
 from ragserve.store.base import CollectionInfo
 from ragserve.types import Document
@@ -370,38 +370,11 @@ async def search(
 ) -> Response:
     """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
     gone = threading.Event()  # the client left: a running search skips its rerank
-    req = SearchRequest(
-        query=body.query,
-        top_k=body.top_k,
-        mode=body.mode,
-        rerank=body.rerank,
-        rerank_top_n=body.rerank_top_n,
-        filter=body.filter,
-        collapse=body.collapse,
-        fusion=parse_fusion(
-            body.fusion.model_dump(exclude_unset=True) if body.fusion else None,
-            settings_fusion(svc.settings),
-        ),
-        cancelled=gone.is_set,
-    )
+    req = search_request(body, settings_fusion(svc.settings), gone.is_set)
 
     def run() -> tuple[bytes, Mapping[str, float]]:
         result = svc.search(name, req)
-        out = s.SearchOut(
-            results=[
-                s.SearchHit(
-                    document_id=h.document_id,
-                    chunk_id=h.chunk_id,
-                    text=h.text,
-                    score=h.score,
-                    rank=h.rank,
-                    metadata=h.metadata,
-                )
-                for h in result.hits
-            ],
-            timings_ms=result.timings_ms,
-        )
-        return out.model_dump_json().encode(), result.timings_ms
+        return search_json(result), result.timings_ms
 
     # One trip to a worker thread for the search and its JSON; FastAPI would otherwise make a
     # second one to validate the returned model again (measured in docs/service.md).

@@ -131,9 +131,45 @@ class FusionIn(Strict):
     )
 
 
+class HighlightIn(Strict):
+    """Highlight options (``"highlight": true`` takes these defaults)."""
+
+    passages: JsonInt = Field(default=1, ge=1, le=5, description="Passages per hit, best first.")
+    max_chars: JsonInt = Field(
+        default=200, ge=20, le=2000, description="Longest passage, in characters."
+    )
+
+
+class ExpandIn(Strict):
+    """Context expansion: the hit's neighbouring chunks and/or its heading section."""
+
+    neighbors: JsonInt = Field(
+        default=0, ge=0, le=20, description="Chunks to add on each side of the hit."
+    )
+    section: StrictBool = Field(
+        default=False,
+        description="Add the chunks around the hit that share its heading path (with "
+        "neighbors: at most that many each side).",
+    )
+    max_tokens: JsonInt = Field(
+        default=1024,
+        ge=1,
+        le=8192,
+        description="Budget of the merged text in the collection's embedder tokens; the hit "
+        "itself is always included.",
+    )
+
+
 class SearchIn(Strict):
     query: str = Field(min_length=1)
     top_k: JsonInt = Field(default=10, ge=1)
+    offset: JsonInt = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Hits to skip: the page is ranks offset+1 .. offset+top_k of one ranking "
+        "(the same for every offset; see next_offset).",
+    )
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     rerank: StrictBool = False
     rerank_top_n: JsonInt = Field(default=20, ge=1, le=200)
@@ -142,6 +178,56 @@ class SearchIn(Strict):
         default=False, description="One hit per document (its best chunk)."
     )
     fusion: FusionIn | None = None
+    explain: StrictBool = Field(
+        default=False,
+        description="Per hit: each leg's rank and score, the fused score and the reranker's "
+        "logit and rank; per search: the depth of each leg and the fusion and rerank used.",
+    )
+    highlight: StrictBool | HighlightIn = Field(
+        default=False,
+        description="Per hit: its best passages with the character offsets of query terms.",
+    )
+    expand: ExpandIn | None = Field(
+        default=None, description="Per hit: its neighbouring chunks or section as one text."
+    )
+
+
+class LegRank(BaseModel):
+    rank: int = Field(description="1-based rank in this leg's list.")
+    score: float
+
+
+class RerankRank(BaseModel):
+    rank: int = Field(description="1-based rank by logit within the reranked head.")
+    logit: float
+
+
+class HitExplain(BaseModel):
+    """Present legs only: a leg that did not return the chunk is absent."""
+
+    dense: LegRank | None = Field(default=None, description="Cosine similarity.")
+    lexical: LegRank | None = Field(default=None, description="BM25 score.")
+    fused: LegRank | None = Field(default=None, description="Hybrid: the fused ranking.")
+    rerank: RerankRank | None = Field(default=None, description="Reranked head only.")
+
+
+class Passage(BaseModel):
+    start: int = Field(description="Offset of the passage in the hit's text (code points).")
+    end: int
+    text: str
+    matches: list[tuple[int, int]] = Field(
+        description="[start, end) of each matched query term, offsets in the passage's text."
+    )
+
+
+class Context(BaseModel):
+    text: str = Field(description="The chunks merged, overlaps taken once.")
+    start: int = Field(description="Offset in the document (-1 when unknown).")
+    end: int
+    first_chunk: int
+    last_chunk: int
+    tokens: int
+    truncated: bool = Field(description="A neighbour was left out to stay within max_tokens.")
 
 
 class SearchHit(BaseModel):
@@ -151,11 +237,44 @@ class SearchHit(BaseModel):
     score: float
     rank: int
     metadata: dict[str, Any]
+    explain: HitExplain | None = Field(default=None, description='With "explain".')
+    highlights: list[Passage] | None = Field(default=None, description='With "highlight".')
+    context: Context | None = Field(default=None, description='With "expand".')
+
+
+class LegDepth(BaseModel):
+    depth: int = Field(description="Candidates asked of the leg.")
+    returned: int
+
+
+class FusionUsed(BaseModel):
+    method: str
+    k: int
+    adaptive: bool = Field(description='Weights chosen per query ("auto").')
+    weights: dict[str, float] = Field(description="The weight each leg got.")
+
+
+class RerankUsed(BaseModel):
+    top_n: int
+    k: int
+    weights: dict[str, float] = Field(description="RRF weight of each ranking of the head.")
+
+
+class SearchExplain(BaseModel):
+    mode: Literal["hybrid", "dense", "lexical"]
+    legs: dict[str, LegDepth]
+    fusion: FusionUsed | None = None
+    collapse: bool
+    rerank: RerankUsed | None = None
 
 
 class SearchOut(BaseModel):
     results: list[SearchHit]
     timings_ms: dict[str, float]
+    next_offset: int | None = Field(
+        default=None, description="The offset of the next page; null when this one is the last."
+    )
+    explain: SearchExplain | None = Field(default=None, description='With "explain".')
 
 
 # ---------------------------------------------------------------- OpenAI embeddings

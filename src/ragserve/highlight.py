@@ -1,0 +1,157 @@
+"""Highlights: where a search hit matched its query, as passages with character offsets.
+
+A query's *terms* are its words as the lexical index sees them: tantivy's English analyzer
+(letters and digits, lowercased, accents folded, Porter2 stems; the embedded store's BM25
+analyzer), less English stop words (a passage lit up at every "the" helps nobody). A hit's text
+is tokenized by the same analyzer, with character offsets, and every token whose stem is a query
+term is a *match*. The best passage is the window of at most ``max_chars`` characters holding
+the most distinct terms (then the most matches, then the earliest), widened to the sentence or
+word boundaries around it; further passages come from the matches left outside the ones chosen.
+
+A hit the lexical leg did not find (dense only) often shares no term with the query: its
+passage is the opening of its text, with no matches. (Picking its best sentence by embedding
+similarity costs one embedder call per hit: measured in docs/store.md, "Explain, highlights,
+context", and not done.)
+
+Offsets count Unicode code points (Python ``str`` indices), not UTF-16 units or bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import tantivy
+
+from ragserve.errors import InvalidInput
+from ragserve.types import JSONDict
+
+#: Upper bounds on what one request may ask for.
+MAX_PASSAGES = 5
+MAX_PASSAGE_CHARS = 2000
+
+_SENTENCE_START = re.compile(r"(?:[.!?\u2026][\"')\]]*\s+|\n\s*)")
+_local = threading.local()
+
+
+@dataclass(frozen=True, slots=True)
+class HighlightSpec:
+    """Up to ``passages`` passages per hit, each at most ``max_chars`` characters."""
+
+    passages: int = 1
+    max_chars: int = 200
+
+    def check(self) -> HighlightSpec:
+        for name, lo, hi in (("passages", 1, MAX_PASSAGES), ("max_chars", 20, MAX_PASSAGE_CHARS)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise InvalidInput(
+                    f"highlight {name} must be an integer between {lo} and {hi}, got {value!r}"
+                )
+        return self
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    """The BM25 analyzer plus English stop words; one per thread (pyo3 objects are not
+    shared across threads here)."""
+    analyzer: tantivy.TextAnalyzer | None = getattr(_local, "analyzer", None)
+    if analyzer is None:
+        analyzer = _local.analyzer = (
+            tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+            .filter(tantivy.Filter.remove_long(64))
+            .filter(tantivy.Filter.lowercase())
+            .filter(tantivy.Filter.stopword("english"))
+            .filter(tantivy.Filter.ascii_fold())
+            .filter(tantivy.Filter.stemmer("english"))
+            .build()
+        )
+    return analyzer
+
+
+def query_terms(query: str) -> frozenset[str]:
+    """The indexed forms (stems) of the query's words, stop words left out."""
+    return frozenset(_analyzer().analyze(query))
+
+
+def matches(text: str, terms: frozenset[str]) -> list[tuple[int, int, str]]:
+    """(start, end, term) of every token of ``text`` whose stem is one of ``terms``."""
+    if not terms:
+        return []
+    return [
+        (t.char_offset_from, t.char_offset_to, t.text)
+        for t in _analyzer().pre_tokenize(text).tokens
+        if t.text in terms
+    ]
+
+
+def _best_window(found: list[tuple[int, int, str]], max_chars: int) -> tuple[int, int]:
+    """Indexes [i, j) of the run of matches spanning at most ``max_chars`` with the most
+    distinct terms, then the most matches, then the earliest."""
+    best = (-1, -1, 0, 0)
+    counts: Counter[str] = Counter()
+    j = 0
+    for i in range(len(found)):
+        if j < i:
+            j = i
+            counts.clear()
+        while j < len(found) and found[j][1] - found[i][0] <= max_chars:
+            counts[found[j][2]] += 1
+            j += 1
+        if j > i and (len(counts), j - i) > best[:2]:
+            best = (len(counts), j - i, i, j)
+        if j > i:
+            counts[found[i][2]] -= 1
+            if not counts[found[i][2]]:
+                del counts[found[i][2]]
+    return (best[2], best[3]) if best[0] > 0 else (0, 1)
+
+
+def _bounds(text: str, lo: int, hi: int, max_chars: int) -> tuple[int, int]:
+    """A passage of at most ``max_chars`` around [lo, hi): from the start of the sentence
+    that holds ``lo`` if it fits, else centred, cut at word boundaries."""
+    room = max(max_chars - (hi - lo), 0)
+    start = max(0, lo - room // 2)
+    sentence = None
+    for m in _SENTENCE_START.finditer(text, max(0, lo - room), lo + 1):
+        if m.end() <= lo:
+            sentence = m.end()
+    if sentence is not None:
+        start = sentence
+    elif start > 0 and not text[start - 1].isspace():
+        space = text.find(" ", start, lo)
+        start = space + 1 if space >= 0 else lo
+    end = min(len(text), start + max_chars)
+    if end < len(text) and not text[end].isspace():
+        space = text.rfind(" ", hi, end)
+        end = space if space >= 0 else end
+    while start < end and text[start].isspace():
+        start += 1
+    return start, max(end, min(hi, start + max_chars))
+
+
+def highlight(text: str, terms: frozenset[str], spec: HighlightSpec) -> list[JSONDict]:
+    """The best passages of ``text`` for ``terms``, best first: ``{"start", "end", "text",
+    "matches"}`` where start/end are offsets in ``text`` and each match ``[s, e]`` is an offset
+    pair in the passage's own text."""
+    found = matches(text, terms)
+    if not found:
+        start, end = _bounds(text, 0, 0, spec.max_chars)
+        return [{"start": start, "end": end, "text": text[start:end], "matches": []}]
+    out: list[JSONDict] = []
+    left = found
+    while left and len(out) < spec.passages:
+        i, j = _best_window(left, spec.max_chars)
+        start, end = _bounds(text, left[i][0], left[j - 1][1], spec.max_chars)
+        inside = [(s, e) for s, e, _ in found if s >= start and e <= end]
+        out.append(
+            {
+                "start": start,
+                "end": end,
+                "text": text[start:end],
+                "matches": [[s - start, e - start] for s, e in inside],
+            }
+        )
+        left = [m for m in left if m[1] <= start or m[0] >= end]
+    return out
