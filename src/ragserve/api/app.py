@@ -30,6 +30,7 @@ from ragserve.api.middleware import BodyLimitMiddleware
 from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
+from ragserve.console import install_console
 from ragserve.errors import RagserveError
 from ragserve.mcp_server import install_mcp
 from ragserve.metrics import AdmissionCollector
@@ -142,6 +143,7 @@ def create_app(
     app.include_router(collections_router)
     app.include_router(models_router)
     mcp_sessions = install_mcp(app, settings.host)
+    install_console(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
         metrics = install_observability(app, lambda: state.service if state.ready else None)
