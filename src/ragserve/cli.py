@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
@@ -509,10 +510,19 @@ def search(
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. {"year": 2020}.')
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    offset: Annotated[int, typer.Option(help="Hits to skip (pages).")] = 0,
+    explain: Annotated[bool, typer.Option(help="Each leg's rank and score per hit.")] = False,
+    highlight: Annotated[bool, typer.Option(help="Show each hit's best passage.")] = False,
+    neighbors: Annotated[
+        int, typer.Option(help="Context: this many neighbouring chunks each side (JSON).")
+    ] = 0,
 ) -> None:
-    """Search a collection."""
+    """Search a collection (docs/search-api.md: explain, highlight, context, pages)."""
     import json
 
+    from ragserve.api.search_io import search_json
+    from ragserve.context import ExpandSpec
+    from ragserve.highlight import HighlightSpec
     from ragserve.search import MODES, SearchRequest
 
     if mode not in MODES:
@@ -531,6 +541,10 @@ def search(
                 mode=mode,
                 rerank=rerank,
                 filter=parsed_filter,
+                offset=offset,
+                explain=explain,
+                highlight=HighlightSpec() if highlight else None,
+                expand=ExpandSpec(neighbors=neighbors) if neighbors else None,
             ),
         )
     except RagserveError as exc:
@@ -538,29 +552,22 @@ def search(
     finally:
         svc.close()
     if as_json:
-        console.print_json(
-            data={
-                "results": [
-                    {
-                        "rank": h.rank,
-                        "document_id": h.document_id,
-                        "chunk_id": h.chunk_id,
-                        "score": h.score,
-                        "text": h.text,
-                        "metadata": h.metadata,
-                    }
-                    for h in result.hits
-                ],
-                "timings_ms": dict(result.timings_ms),
-            }
-        )
+        console.print_json(search_json(result).decode())  # the HTTP API's response
         return
     table = Table(title=f"{len(result.hits)} hits ({result.timings_ms['total']:.1f} ms)")
-    for col in ("rank", "score", "document", "text"):
+    for col in ("rank", "score", "document", "text", *(["explain"] if explain else [])):
         table.add_column(col)
     for h in result.hits:
-        snippet = h.text if len(h.text) <= 160 else h.text[:157] + "..."
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.document_id, snippet)
+        snippet = Text(h.text if len(h.text) <= 160 else h.text[:157] + "...")
+        if h.highlights:
+            best = h.highlights[0]
+            snippet = Text(best["text"])
+            for start, end in best["matches"]:
+                snippet.stylize("bold", start, end)
+        legs = " ".join(f"{name} #{v['rank']}" for name, v in (h.explain or {}).items())
+        table.add_row(
+            str(h.rank), f"{h.score:.4f}", h.document_id, snippet, *([legs] if explain else [])
+        )
     console.print(table)
 
 

@@ -1,0 +1,137 @@
+"""Highlights and context expansion: pure functions over texts and chunks."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from ragserve.context import ExpandSpec, expand, merge
+from ragserve.errors import InvalidInput
+from ragserve.highlight import HighlightSpec, highlight, matches, query_terms
+from ragserve.types import Chunk
+
+
+def test_query_terms_are_stems_without_stop_words() -> None:
+    assert query_terms("The RUNNING of Mice, and café") == {"run", "mice", "cafe"}
+
+
+def test_matches_are_code_point_offsets_of_stemmed_words() -> None:
+    text = "Ünïcode first: les cafés, a runner runs; CAFE again"
+    found = matches(text, query_terms("café run"))
+    assert [text[s:e] for s, e, _ in found] == ["cafés", "runs", "CAFE"]  # runner: stem runner
+
+
+def test_the_best_window_holds_the_most_distinct_terms() -> None:
+    filler = "Nothing to see here. " * 10
+    text = (
+        f"{filler}Memory appears alone. {filler}"
+        "Memory safety comes from ownership. More memory. "
+        f"{filler}Safety last."
+    )
+    (p,) = highlight(text, query_terms("memory safety"), HighlightSpec(max_chars=60))
+    assert p["text"].startswith("Memory safety comes from ownership.")
+    assert text[p["start"] : p["end"]] == p["text"] and len(p["text"]) <= 60
+    assert [p["text"][s:e] for s, e in p["matches"]] == ["Memory", "safety", "memory"]
+    two = highlight(text, query_terms("memory safety"), HighlightSpec(passages=3, max_chars=60))
+    assert len(two) == 3 and two[0] == p
+    spans = sorted((q["start"], q["end"]) for q in two)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # disjoint
+
+
+def test_a_hit_without_terms_gets_its_opening_and_no_matches() -> None:
+    text = "A dense-only hit. " * 30
+    (p,) = highlight(text, query_terms("unrelated"), HighlightSpec(max_chars=50))
+    assert p["start"] == 0 and p["matches"] == [] and len(p["text"]) <= 50
+    assert highlight("", query_terms("x"), HighlightSpec())[0]["text"] == ""
+
+
+def test_analyzers_work_from_several_threads() -> None:
+    out: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: out.append(query_terms("running mice"))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [{"run", "mice"}] * 4
+
+
+@pytest.mark.parametrize(
+    "spec", [HighlightSpec(passages=0), HighlightSpec(max_chars=10**6), HighlightSpec(True, 50)]
+)
+def test_bad_highlight_specs(spec: HighlightSpec) -> None:
+    with pytest.raises(InvalidInput):
+        spec.check()
+
+
+# --------------------------------------------------------------------------- context
+
+DOC = "Intro text here. Part A starts. More of A. End of A. Part B now. B goes on. The end."
+
+
+def chunks_of(bounds: list[tuple[int, int]], headings: list[list[str]]) -> list[Chunk]:
+    return [
+        Chunk("d", i, DOC[s:e], s, e, {"tokens": len(DOC[s:e].split()), "headings": h})
+        for i, ((s, e), h) in enumerate(zip(bounds, headings, strict=True))
+    ]
+
+
+def cut(*phrases: str) -> list[tuple[int, int]]:
+    """Chunk bounds: each phrase's span in DOC."""
+    return [(DOC.index(p), DOC.index(p) + len(p)) for p in phrases]
+
+
+# Overlapping chunks (each repeats the end of the one before) and a skipped gap.
+BOUNDS = cut(
+    "Intro text here.", "here. Part A starts.", "More of A.", "End of A. Part", "Part B now.",
+    "B goes on.", "on. The end.",
+)  # fmt: skip
+HEADS = [[], ["A"], ["A"], ["A"], ["B"], ["B"], ["B"]]
+
+
+def test_merge_takes_each_character_once_and_fills_gaps() -> None:
+    text, start, end = merge(chunks_of(BOUNDS, HEADS)[1:6])
+    assert text == DOC[BOUNDS[1][0] : BOUNDS[5][1]]
+    assert (start, end) == (BOUNDS[1][0], BOUNDS[5][1])
+
+
+def test_merge_without_offsets_joins_texts() -> None:
+    text, start, _ = merge([Chunk("d", 0, "one"), Chunk("d", 1, "two")])
+    assert (text, start) == ("one\ntwo", -1)
+
+
+def test_neighbours_alternate_and_respect_the_budget() -> None:
+    window = chunks_of(BOUNDS, HEADS)
+    got = expand(3, window, ExpandSpec(neighbors=2))
+    assert got is not None and (got["first_chunk"], got["last_chunk"]) == (1, 5)
+    assert got["text"] == DOC[BOUNDS[1][0] : BOUNDS[5][1]] and not got["truncated"]
+    # "End of A. Part" is 4 tokens; "More of A." adds 3, "Part B now." 2 of its 3 (overlap).
+    small = expand(3, window, ExpandSpec(neighbors=2, max_tokens=7))
+    assert small is not None and (small["first_chunk"], small["last_chunk"]) == (2, 3)
+    assert small["tokens"] == 7 and small["truncated"]
+    alone = expand(3, window, ExpandSpec(neighbors=2, max_tokens=1))
+    assert alone is not None and alone["text"] == "End of A. Part" and alone["truncated"]
+    assert expand(9, window, ExpandSpec(neighbors=1)) is None  # the hit's chunk is gone
+
+
+def test_section_stops_at_a_heading_change() -> None:
+    window = chunks_of(BOUNDS, HEADS)
+    got = expand(2, window, ExpandSpec(section=True))
+    assert got is not None and (got["first_chunk"], got["last_chunk"]) == (1, 3)
+    got = expand(5, window, ExpandSpec(section=True, neighbors=1))
+    assert got is not None and (got["first_chunk"], got["last_chunk"]) == (4, 6)
+    flat = chunks_of(BOUNDS, [[]] * len(BOUNDS))  # no headings: the document is one section
+    got = expand(0, flat, ExpandSpec(section=True))
+    assert got is not None and got["text"] == DOC
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ExpandSpec(), ExpandSpec(neighbors=-1), ExpandSpec(neighbors=21), ExpandSpec(1, False, 0)],
+)
+def test_bad_expand_specs(spec: ExpandSpec) -> None:
+    with pytest.raises(InvalidInput):
+        spec.check()
