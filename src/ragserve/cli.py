@@ -756,6 +756,80 @@ def migrate_cmd(
         )
 
 
+# ------------------------------------------------------------------------------ keys
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke scoped API keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for.")],
+    role: Annotated[str, typer.Option(help="read, write or admin.")] = "read",
+    collection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection", "-c", help="A collection it reaches (repeatable; default: all)."
+        ),
+    ] = None,
+) -> None:
+    """Create a key; it is printed once and stored only as a SHA-256 digest."""
+    from ragserve.keys import KeyStore
+
+    store = KeyStore(settings().data_dir)
+    try:
+        key, info = store.create(name, role, collection)
+    except RagserveError as exc:
+        raise fail(exc, 2) from None
+    finally:
+        store.close()
+    scope = ", ".join(info.collections) if info.collections is not None else "every collection"
+    err.print(f"key {info.id} ({info.role.label} on {scope}); it is not shown again:")
+    console.print(key, highlight=False, markup=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    revoked: Annotated[bool, typer.Option(help="Also list revoked keys.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the scoped keys (never their secrets)."""
+    from ragserve.keys import KeyStore
+
+    store = KeyStore(settings().data_dir)
+    try:
+        keys = store.list(revoked=revoked)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(data=[k.as_dict() for k in keys])
+        return
+    table = Table(title="API keys")
+    for col in ("id", "name", "role", "collections", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        scope = ", ".join(k.collections) if k.collections is not None else "*"
+        table.add_row(k.id, k.name, k.role.label, scope, "yes" if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key (a running server stops taking it within a second)."""
+    from ragserve.keys import KeyStore
+
+    store = KeyStore(settings().data_dir)
+    try:
+        store.revoke(key_id)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        store.close()
+    console.print(f"revoked {key_id}")
+
+
 # ------------------------------------------------------------------------------ backups
 
 store_app = typer.Typer(no_args_is_help=True, help="Repair the embedded store.")

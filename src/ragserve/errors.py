@@ -11,6 +11,7 @@
     │   └── DocumentNotFound
     ├── Conflict                       409  e.g. collection exists with another embedder
     ├── Unauthorized                   401
+    ├── Forbidden                      403  a valid key whose scope does not cover the request
     ├── Overloaded                     429  bounded work queue is full (Retry-After)
     ├── InsufficientStorage            507  the disk is full: the write was not stored
     └── Unavailable                    503  not ready, store down
@@ -75,6 +76,12 @@ class Conflict(RagserveError):
 class Unauthorized(RagserveError):
     status_code = 401
     error_type = "unauthorized"
+    public = True
+
+
+class Forbidden(RagserveError):
+    status_code = 403
+    error_type = "forbidden"
     public = True
 
 

@@ -37,6 +37,7 @@ from ragserve.api.auth import check_key
 from ragserve.api.errors import error_response
 from ragserve.client import AsyncClient, RetryPolicy
 from ragserve.errors import RagserveError, Unauthorized, Unavailable
+from ragserve.keys import KeyStore
 
 #: An AsyncClient for one tool call, given the MCP request's context.
 ClientFactory = Callable[[Context[Any, Any]], contextlib.AbstractAsyncContextManager[AsyncClient]]
@@ -286,9 +287,16 @@ class _Endpoint:
     """``/mcp``: the SDK's streamable HTTP transport behind the server's API keys (401 as every
     /v1 route answers it). A session manager runs once: each lifespan starts a new one."""
 
-    def __init__(self, server: MCPServer, keys: list[bytes], security: TransportSecuritySettings):
+    def __init__(
+        self,
+        server: MCPServer,
+        keys: list[bytes],
+        security: TransportSecuritySettings,
+        scoped: KeyStore | None = None,
+    ):
         self.server = server
         self.keys = keys
+        self.scoped = scoped  # scoped keys pass here; the /v1 routes the tools call check scope
         self.security = security
         self.manager: StreamableHTTPSessionManager | None = None
 
@@ -306,7 +314,7 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            check_key(headers.get("authorization"), self.keys)
+            check_key(headers.get("authorization"), self.keys, self.scoped)
             if self.manager is None:
                 raise Unavailable("not ready: MCP is starting")
         except RagserveError as exc:
@@ -346,7 +354,9 @@ def install_mcp(
         if _loopback(host)
         else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     )
-    endpoint = _Endpoint(build_mcp(client_for), app.state.api_keys, security)
+    endpoint = _Endpoint(
+        build_mcp(client_for), app.state.api_keys, security, getattr(app.state, "keys", None)
+    )
     app.router.routes.append(Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     return endpoint.running
 

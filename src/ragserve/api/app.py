@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from ragserve import __version__
 from ragserve.admission import Admission
+from ragserve.api.admin import admin_router
 from ragserve.api.auth import document_security
 from ragserve.api.docs import install_docs
 from ragserve.api.errors import install_error_handlers
@@ -32,6 +33,7 @@ from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.console import install_console
 from ragserve.errors import RagserveError
+from ragserve.keys import KeyStore
 from ragserve.mcp_server import install_mcp
 from ragserve.metrics import AdmissionCollector
 from ragserve.service import RetrievalService
@@ -122,6 +124,7 @@ def create_app(
             loader.join(timeout=60)
             if state.service is not None and service is None:
                 state.service.close()
+            app.state.keys.close()
 
     app = FastAPI(
         title="ragserve",
@@ -135,13 +138,14 @@ def create_app(
     app.state.readiness = state
     app.state.admission = admission  # bounded queues per kind of work (routes.admitted)
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
-    if app.state.api_keys:
-        document_security(app)
+    app.state.keys = KeyStore(settings.data_dir)  # scoped keys (ragserve.keys)
+    document_security(app)
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health_router)
     app.include_router(collections_router)
     app.include_router(models_router)
+    app.include_router(admin_router)
     mcp_sessions = install_mcp(app, settings.host)
     install_console(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragserve.admission import Admission, Kind, wait_for_disconnect
 from ragserve.api import schemas as s
-from ragserve.api.auth import require_key
+from ragserve.api.auth import principal_of, require_key
 from ragserve.api.search_io import search_json, search_request
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
@@ -41,6 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Malformed request body",
         401: "Missing or invalid API key",
+        403: "The key's scope does not cover this request",
         404: "Not found",
         409: "Conflict",
         413: "Payload too large",
@@ -160,8 +161,12 @@ def create_collection(body: s.CollectionCreate, svc: Service) -> s.Collection:
 
 
 @collections_router.get("", operation_id="list_collections", response_model=s.CollectionList)
-def list_collections(svc: Service) -> s.CollectionList:
-    return s.CollectionList(collections=[_collection(c) for c in svc.list_collections()])
+def list_collections(svc: Service, request: Request) -> s.CollectionList:
+    """The collections the request's key reaches."""
+    key = principal_of(request)
+    return s.CollectionList(
+        collections=[_collection(c) for c in svc.list_collections() if key.reaches(c.name)]
+    )
 
 
 @collections_router.get("/{name}", operation_id="get_collection", response_model=s.Collection)

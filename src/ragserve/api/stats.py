@@ -16,11 +16,19 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ragserve.api.auth import require_key
+from ragserve.api.schemas import ErrorResponse
 from ragserve.errors import RagserveError
 from ragserve.metrics import CONTENT_TYPE_LATEST, Metrics, Percentiles, batchers_of, rss_bytes
 from ragserve.service import RetrievalService
 
-monitoring_router = APIRouter(tags=["monitoring"], dependencies=[Depends(require_key)])
+monitoring_router = APIRouter(
+    tags=["monitoring"],
+    dependencies=[Depends(require_key)],
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+        403: {"model": ErrorResponse, "description": "The key does not reach every collection"},
+    },
+)
 
 
 class Latency(BaseModel):
