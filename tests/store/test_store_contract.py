@@ -551,6 +551,74 @@ def test_the_largest_filters_the_parser_accepts_compile(coll: Store, nested_firs
     _check_against_reference(coll, raw, metas)
 
 
+SCALE_FILTERS = {
+    "1%": {"bucket": {"$lt": 1}},
+    "10%": {"bucket": {"$gte": 90}},
+    "50%": {"$or": [{"tenant": {"$in": ["t0", "t2", "t4", "t6", "t8"]}}]},
+    "90%": {"bucket": {"$nin": list(range(10, 20))}},
+    "dates": {"day": {"$gte": "2024-03-01", "$lt": "2024-03-15"}, "tags": "even"},
+    "none": {"bucket": {"$gt": 1000}},
+}
+
+
+@pytest.mark.parametrize("paths", ["default", "graph-and-post-filter"])
+def test_filters_at_scale_are_exact_and_never_under_return(
+    coll: Store, paths: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Selective and broad filters over 600 documents (1,200 chunks), after replacements and
+    deletes: every hit passes, nothing allowed is missing when k covers the allowed set, and the
+    top 10 are the exact top 10 (dense: at least 9 of them on an ANN index)."""
+    if paths != "default":  # the SQLite store's large-allowed-set paths, at this size
+        monkeypatch.setattr("ragserve.store.sqlite.ann.FILTER_EXACT_MAX", 20)
+        monkeypatch.setattr("ragserve.store.sqlite.lexical.TERM_SET_MAX", 20)
+    metas: dict[str, dict[str, Any]] = {}
+    vectors: dict[str, np.ndarray] = {}
+
+    def put(i: int, bucket: int) -> None:
+        doc = f"d{i}"
+        metas[doc] = {
+            "bucket": bucket,
+            "tenant": f"t{i % 10}",
+            "day": f"2024-03-{1 + i % 28:02d}",
+            "tags": ["even" if i % 2 == 0 else "odd", f"n{i}"],
+        }
+        vectors[doc] = random_unit(2, DIM, seed=i * 7 + bucket)
+        words = " ".join(["common"] * (1 + i % 5))
+        texts = [f"{words} alpha{i}", f"common beta{i % 13}"]
+        add(coll, doc, texts, vectors=vectors[doc], metadata=metas[doc])
+
+    for i in range(600):
+        put(i, i % 100)
+    for i in range(0, 600, 7):  # replaced: new bucket, new vectors
+        put(i, (i + 50) % 100)
+    for i in range(3, 600, 11):
+        coll.delete_document("c", f"d{i}")
+        del metas[f"d{i}"], vectors[f"d{i}"]
+    query = random_unit(1, DIM, seed=4242)[0]
+    for name, raw in SCALE_FILTERS.items():
+        node = parse_filter(raw)
+        allowed = sorted(d for d, m in metas.items() if matches(node, m))
+        chunks = {f"{d}#{j}" for d in allowed for j in range(2)}
+        everything = len(chunks) + 5
+        # Exact sets: every allowed chunk and nothing else.
+        dense_all = coll.dense_search("c", query, everything, raw)
+        assert {h.chunk_id for h in dense_all} == chunks, name
+        lexical_all = coll.lexical_search("c", "common", everything, raw)
+        assert {h.chunk_id for h in lexical_all} == chunks, name
+        # Top 10: as many as there can be, all allowed, the best ones.
+        scores = sorted(
+            ((float(vectors[d][j] @ query), f"{d}#{j}") for d in allowed for j in range(2)),
+            reverse=True,
+        )
+        best = [cid for _, cid in scores[:10]]
+        dense = [h.chunk_id for h in coll.dense_search("c", query, 10, raw)]
+        assert len(dense) == min(10, len(chunks)), name
+        assert set(dense) <= chunks, name
+        assert len(set(dense) & set(best)) >= min(9, len(best)), name
+        lexical = coll.lexical_search("c", "common", 10, raw)
+        assert [h.chunk_id for h in lexical] == [h.chunk_id for h in lexical_all[:10]], name
+
+
 # --------------------------------------------------------------------------- registry
 
 

@@ -4,6 +4,7 @@ document: after a restart every acknowledged document is complete and searchable
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragserve.filters import matches, parse_filter
 from ragserve.search import Searcher, SearchRequest
 from ragserve.store.sqlite import SqliteStore
 
@@ -30,6 +32,7 @@ WRITER = textwrap.dedent(
     from ragserve.types import Chunk, Document
 
     dim, threshold = int(sys.argv[2]), int(sys.argv[3])
+    filtered = len(sys.argv) > 4  # filtered searches keep the metadata index live
     store = SqliteStore(Path(sys.argv[1]), exact_search_below=threshold)
     store.create_collection("c", "fake", dim)
 
@@ -38,6 +41,9 @@ WRITER = textwrap.dedent(
         chunks = [Chunk(doc_id, j, f"tok{seed}x{j} shared words") for j in range(n)]
         store.upsert_document("c", Document(doc_id, "", metadata={"seed": seed}), str(seed),
                               chunks, v)
+        if filtered:
+            store.dense_search("c", v[0], 3, {"seed": {"$gte": seed // 2}})
+            store.lexical_search("c", "shared", 3, {"seed": {"$in": [seed, seed - 1]}})
         print(doc_id, seed, n, flush=True)  # acknowledged
 
     i = 0
@@ -57,11 +63,13 @@ def vectors(seed: int, n: int) -> np.ndarray:
 Acks = dict[str, tuple[int, int]]
 
 
-def start_writer(data: Path) -> subprocess.Popen[str]:
-    """The WRITER in a process of its own, its acknowledgements on a text pipe."""
+def start_writer(data: Path, filtered: bool = False) -> subprocess.Popen[str]:
+    """The WRITER in a process of its own, its acknowledgements on a text pipe (``filtered``:
+    it also runs filtered searches, so it is updating its metadata index when killed)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    extra = ["filtered"] if filtered else []
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(data), str(DIM), str(THRESHOLD)],
+        [sys.executable, "-c", WRITER, str(data), str(DIM), str(THRESHOLD), *extra],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -79,11 +87,11 @@ def read_acks(lines: Iterable[str], acked: Acks, until: int | None = None) -> No
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("acks_before_kill", [40, 200])
+@pytest.mark.parametrize(("acks_before_kill", "filtered"), [(40, False), (200, False), (120, True)])
 def test_sigkill_during_ingest_keeps_every_acknowledged_document(
-    tmp_path: Path, acks_before_kill: int
+    tmp_path: Path, acks_before_kill: int, filtered: bool
 ) -> None:
-    proc = start_writer(tmp_path)
+    proc = start_writer(tmp_path, filtered)
     assert proc.stdout is not None
     acked: Acks = {}
     try:
@@ -147,3 +155,13 @@ def check_after_restart(store: SqliteStore, acked: dict[str, tuple[int, int]]) -
         assert count == (2 if int(content_hash) >= 100_000 else 3), doc_id
     conn.execute("INSERT INTO fts_1 (fts_1) VALUES ('integrity-check')")
     assert len(store._indexes[1]) == info.chunks
+    # Filters (the metadata index, rebuilt from what SQLite committed) agree with the stored
+    # metadata, selective and broad.
+    stored = {d: json.loads(m) for d, m in conn.execute("SELECT doc_id, metadata FROM documents")}
+    top = max(m["seed"] for m in stored.values())
+    for raw in ({"seed": {"$lt": 5}}, {"seed": {"$gte": top // 2}}, {"seed": {"$lt": 100_000}}):
+        want = {d for d, m in stored.items() if matches(parse_filter(raw), m)}
+        assert {h.document_id for h in store.lexical_search("c", "shared", 10_000, raw)} == want
+        assert {
+            h.document_id for h in store.dense_search("c", vectors(1, 1)[0], 10_000, raw)
+        } == want

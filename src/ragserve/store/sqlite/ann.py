@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragserve.files import sha256_file, write_atomic
+from ragserve.store.sqlite.meta import AllowedChunks
 
 #: faiss, untyped: its stubs (1.15) lack classes used here (``SearchParametersHNSW``).
 faiss: Any = _faiss
@@ -53,6 +54,9 @@ MANIFEST_FORMAT = 1
 BULK_ADD = 1_000
 #: Vectors a compaction reads from the old index at a time (under the lock, ~ms each).
 COMPACTION_BATCH = 20_000
+#: Filtered dense searches allowing at most this many chunks scan them exactly; larger allowed
+#: sets walk the graph with a bitmap (docs/store.md: where the two cost the same).
+FILTER_EXACT_MAX = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,15 @@ class ExactIndex:
         scores = self._matrix[: self._n] @ query
         return top_k(self._keys[: self._n], scores, k)
 
+    def search_allowed(
+        self, query: Vectors, k: int, allowed: AllowedChunks
+    ) -> tuple[Keys, Vectors]:
+        """Exact search over the allowed keys (a scan of the whole matrix: it is small)."""
+        keys = self._keys[: self._n]
+        keep = allowed.contains(keys)
+        scores = self._matrix[: self._n][keep] @ query
+        return top_k(keys[keep], scores, k)
+
 
 class HnswIndex:
     """faiss HNSW over inner product of unit vectors (score = cosine), keyed by rowid.
@@ -172,6 +185,13 @@ class HnswIndex:
         self._live: set[int] = live if live is not None else set()
         self._dead: set[int] = dead if dead is not None else set()
         self._skip_dead: Any = None  # ID selector excluding the dead keys, built on demand
+        #: Key (rowid) -> node of the graph, -1 for none or dead: reads vectors without faiss's
+        #: per-key hash lookups (a filtered search's exact scan reads thousands).
+        self._node = np.full(0, -1, dtype=np.int64)
+        if self._live:
+            stored = faiss.vector_to_array(index.id_map).astype(np.int64)
+            live_mask = np.isin(stored, np.fromiter(self._live, np.int64, len(self._live)))
+            self._set_nodes(stored[live_mask], np.flatnonzero(live_mask))
 
     def __len__(self) -> int:
         return len(self._live)
@@ -201,8 +221,27 @@ class HnswIndex:
         # 17 ms on one thread, 50 ms on two, busy machine). The setting is per calling thread.
         bulk = len(keys) >= BULK_ADD
         faiss.omp_set_num_threads((self.params.threads or os.cpu_count() or 1) if bulk else 1)
+        first = int(self._index.ntotal)
         self._index.add_with_ids(normalize(vectors), np.ascontiguousarray(keys, dtype=np.int64))
         self._live.update(keys.tolist())
+        self._set_nodes(keys, np.arange(first, first + len(keys), dtype=np.int64))
+
+    def _set_nodes(self, keys: Keys, nodes: Keys) -> None:
+        if len(keys) == 0:
+            return
+        top = int(keys.max()) + 1
+        if top > len(self._node):
+            grown = np.full(max(top, 2 * len(self._node)), -1, dtype=np.int64)
+            grown[: len(self._node)] = self._node
+            self._node = grown
+        self._node[keys] = nodes
+
+    def nodes_of(self, keys: Keys) -> Keys:
+        """Graph nodes of ``keys`` (-1: not in the index, or deleted)."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        inside = (keys >= 0) & (keys < len(self._node))
+        out[inside] = self._node[keys[inside]]
+        return out
 
     def remove(self, keys: Keys) -> None:
         for key in keys.tolist():
@@ -210,6 +249,7 @@ class HnswIndex:
                 self._live.discard(key)
                 self._dead.add(key)
                 self._skip_dead = None
+                self._node[key] = -1
 
     def compacted(self) -> HnswIndex:
         """A new index of the live vectors only (no tombstones); this one is left as it is."""
@@ -222,33 +262,56 @@ class HnswIndex:
 
     def _replace_with(self, other: HnswIndex) -> None:
         self._index, self._live, self._dead = other._index, other._live, other._dead
+        self._node = other._node
         self._skip_dead = None
 
     def vectors(self, keys: Keys) -> tuple[Keys, Vectors]:
-        present = np.array([k in self._live for k in keys.tolist()], dtype=bool)
+        nodes = self.nodes_of(np.asarray(keys, dtype=np.int64))
+        present = nodes >= 0
         kept = np.ascontiguousarray(keys[present], dtype=np.int64)
         if len(kept) == 0:
             return kept, np.zeros((0, self.dimension), dtype=np.float32)
+        storage = faiss.downcast_index(faiss.downcast_index(self._index.index).storage)
+        if isinstance(storage, faiss.IndexFlat):  # the vectors in place: gather rows
+            total = int(storage.ntotal)
+            flat = faiss.rev_swig_ptr(storage.get_xb(), total * self.dimension)
+            matrix = np.asarray(flat).reshape(total, self.dimension)
+            return kept, np.ascontiguousarray(matrix[nodes[present]], dtype=np.float32)
         got = self._index.reconstruct_batch(kept)
         return kept, np.ascontiguousarray(got, dtype=np.float32)
 
-    def search(self, query: Vectors, k: int) -> tuple[Keys, Vectors]:
-        count = min(k, len(self._live))
+    def search(
+        self, query: Vectors, k: int, allowed: AllowedChunks | None = None
+    ) -> tuple[Keys, Vectors]:
+        """The ``k`` best live keys (of ``allowed`` only, if given: a filter as a bitmap over
+        keys that the graph walk checks; nodes outside it still route the walk)."""
+        count = min(k, len(self._live) if allowed is None else allowed.count)
         if count <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         # A beam of twice k: recall@k >= 0.99 where a beam of k loses hits (SciFact, 10k chunks,
         # k=100: hybrid nDCG@10 the same as exact search, 0.005 lower with a beam of k).
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.params.expansion_search, 2 * count)
+        selectors = []
         if self._dead:
             if self._skip_dead is None:
                 dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
                 self._skip_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
-            params.sel = self._skip_dead
+            selectors.append(self._skip_dead)
+        if allowed is not None:
+            bits = np.packbits(allowed.mask, bitorder="little")
+            selectors.append(faiss.IDSelectorBitmap(len(allowed.mask), faiss.swig_ptr(bits)))
+        if len(selectors) == 2:
+            params.sel = faiss.IDSelectorAnd(*selectors)
+        elif selectors:
+            params.sel = selectors[0]
         scores, labels = self._index.search(query[None, :], count, params=params)
         keys = np.asarray(labels[0], dtype=np.int64)
-        if int((keys >= 0).sum()) < count:  # too few live nodes reached (many deletes): exact
-            everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+        if int((keys >= 0).sum()) < count:  # too few nodes reached (deletes, a filter): exact
+            if allowed is not None:
+                everything = allowed.keys()
+            else:
+                everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
             kept, vectors = self.vectors(everything)
             return top_k(kept, vectors @ query, count)
         return keys, np.asarray(scores[0], dtype=np.float32)
@@ -352,40 +415,27 @@ class DenseIndex:
         with self.lock:
             return self.inner.search(normalize(query[None, :])[0], k)
 
-    def search_within(self, query: Vectors, k: int, allowed: Keys) -> tuple[Keys, Vectors]:
-        """Exact search restricted to ``allowed`` keys (filtered search, no under-return)."""
+    def search_filtered(
+        self, query: Vectors, k: int, allowed: AllowedChunks
+    ) -> tuple[Keys, Vectors]:
+        """Filtered search that returns ``min(k, allowed.count)`` hits.
+
+        An exact index, or a small allowed set (at most ``FILTER_EXACT_MAX`` keys), is scanned
+        exactly: the allowed vectors gathered by key. Larger ones walk the HNSW graph with the
+        allowed set as a bitmap the walk checks (falling back to the exact scan if the walk
+        reaches fewer than ``k`` allowed nodes).
+        """
+        unit = normalize(query[None, :])[0]
         with self.lock:
-            keys, vectors = self.inner.vectors(allowed)
+            inner = self.inner
+            if isinstance(inner, ExactIndex):
+                return inner.search_allowed(unit, k, allowed)
+            if allowed.count > FILTER_EXACT_MAX:
+                return inner.search(unit, k, allowed)
+            keys, vectors = inner.vectors(allowed.keys())
         if len(keys) == 0:
             return keys, np.zeros(0, dtype=np.float32)
-        scores = vectors @ normalize(query[None, :])[0]
-        return top_k(keys, scores, k)
-
-    def search_filtered(
-        self, query: Vectors, k: int, allowed: Keys, exact_below: int
-    ) -> tuple[Keys, Vectors]:
-        """Filtered search that returns ``min(k, len(allowed))`` hits.
-
-        Small allowed sets (or an exact index) are scanned exactly. Otherwise HNSW is asked
-        for a growing number of candidates (starting at ``k / selectivity``, doubling) until
-        ``k`` allowed ones are found; when the candidate count reaches the index size the
-        allowed set is scanned exactly instead.
-        """
-        total = max(len(self.inner), 1)
-        # Fetching vectors out of the HNSW index costs far more per key than a graph walk: scan
-        # exactly only small allowed sets (at most 1% of the index, or 1,000 keys).
-        if not self.is_ann or len(allowed) <= min(exact_below, max(1_000, total // 100)):
-            return self.search_within(query, k, allowed)
-        allowed_set = np.sort(allowed)
-        want = min(k, len(allowed))
-        count = int(k * total / len(allowed) * 2) + 10
-        while count < total:
-            keys, scores = self.search(query, count)
-            keep = np.isin(keys, allowed_set, assume_unique=True)
-            if int(keep.sum()) >= want:
-                return keys[keep][:k], scores[keep][:k]
-            count *= 2
-        return self.search_within(query, k, allowed)
+        return top_k(keys, vectors @ unit, k)
 
 
 # --------------------------------------------------------------------------- manifest

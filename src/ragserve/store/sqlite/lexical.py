@@ -34,10 +34,12 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import tantivy
 
 from ragserve.files import write_atomic
 from ragserve.store.sqlite.ann import Keys, read_manifest
+from ragserve.store.sqlite.meta import AllowedChunks
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ WRITER_HEAP = 32_000_000  # bytes buffered before tantivy writes a segment
 #: The files of one segment of this schema (tantivy's SegmentComponent), besides deletes.
 COMPONENTS = ("idx", "pos", "term", "store", "fast", "fieldnorm")
 _FOOTER_MAGIC = 1337
+#: Filtered searches allowing at most this many chunks restrict the query to them (a term-set
+#: clause); larger allowed sets filter the unfiltered ranking (docs/store.md).
+TERM_SET_MAX = 5_000
 
 
 def tantivy_failure(exc: BaseException) -> bool:
@@ -192,12 +197,15 @@ class LexicalIndex:
         return list(dict.fromkeys(out))
 
     def search(
-        self, words: Sequence[str], k: int, allowed: Keys | None = None
+        self, words: Sequence[str], k: int, allowed: AllowedChunks | None = None
     ) -> tuple[list[int], list[float]]:
         """Keys and BM25 scores of the ``k`` best chunks holding any of ``words``.
 
-        ``allowed`` (chunk keys) restricts the search to those chunks, exactly (a filter).
-        Ties are broken by key, so results do not depend on segment layout.
+        ``allowed`` restricts the search to those chunks, exactly (a filter): a small allowed
+        set (at most ``TERM_SET_MAX`` chunks) becomes a term-set clause of the query; a larger
+        one filters the unfiltered ranking, read ``k / selectivity`` hits deep and deeper until
+        the ``k`` allowed ones are known to be the best. Ties are broken by key, so results do
+        not depend on segment layout.
         """
         terms = self.terms(words)
         if not terms:
@@ -206,25 +214,35 @@ class LexicalIndex:
         query = tantivy.Query.boolean_query(
             [(should, tantivy.Query.term_query(self._index.schema, "text", t)) for t in terms]
         )
-        if allowed is not None:
-            keys = tantivy.Query.term_set_query(self._index.schema, "key", allowed.tolist())
+        searcher = self._index.searcher()
+        if allowed is not None and allowed.count <= TERM_SET_MAX:
+            keys = tantivy.Query.term_set_query(self._index.schema, "key", allowed.keys().tolist())
             query = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, query), (tantivy.Occur.Must, keys)]
             )
-        searcher = self._index.searcher()
+            allowed = None
         # One extra hit shows whether the k-th place is tied with the next (then widen).
         limit = k + 1
+        if allowed is not None:
+            share = allowed.count / max(int(searcher.num_docs), 1)
+            limit = int(limit / max(share, 1e-6) * 1.5) + 10
         while True:
             hits = searcher.search(query, limit, count=False).hits
-            if len(hits) < limit or hits[-1][0] < hits[k - 1][0]:
+            found = searcher.fast_field_values("key", [addr for _, addr in hits])
+            pairs = [
+                (float(score), int(key))
+                for (score, _), key in zip(hits, found, strict=True)
+                if key is not None
+            ]
+            if allowed is not None:
+                keep = allowed.contains(np.array([key for _, key in pairs], dtype=np.int64))
+                pairs = [pair for pair, ok in zip(pairs, keep.tolist(), strict=True) if ok]
+            exhausted = len(hits) < limit
+            # Everything not read scores at most the last hit read: done once that is below
+            # the k-th kept score (strictly, so no tie with it is left unread).
+            if exhausted or (len(pairs) >= k and hits[-1][0] < pairs[k - 1][0]):
                 break
             limit *= 4
-        found = searcher.fast_field_values("key", [addr for _, addr in hits])
-        pairs = [
-            (float(score), int(key))
-            for (score, _), key in zip(hits, found, strict=True)
-            if key is not None
-        ]
         ranked = sorted(pairs, key=lambda sk: (-sk[0], sk[1]))[:k]
         return [key for _, key in ranked], [score for score, _ in ranked]
 

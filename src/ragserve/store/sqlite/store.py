@@ -77,6 +77,7 @@ from ragserve.store.sqlite.filters import to_sql
 from ragserve.store.sqlite.health import StoreHealth, check_database, guarded
 from ragserve.store.sqlite.index import IndexKeeper
 from ragserve.store.sqlite.lexical import LexicalKeeper, tantivy_failure
+from ragserve.store.sqlite.meta import AllowedChunks, MetadataKeeper
 from ragserve.types import Chunk, Document
 
 if TYPE_CHECKING:
@@ -230,6 +231,7 @@ class SqliteStore(SearchByRefs):
             raise InvalidInput(f"unknown lexical index {lexical_index!r}; valid: tantivy, fts5")
         self.lexical_index = lexical_index
         self._lexical = LexicalKeeper(self._writer, self.data_dir / "lexical")
+        self._meta = MetadataKeeper(self._writer)
         #: Collection id -> when its tantivy index may be tried again after a failure.
         self._lexical_retry: dict[int, float] = {}
         try:
@@ -401,6 +403,7 @@ class SqliteStore(SearchByRefs):
                 self._collections.pop(name, None)
             self._keeper.drop(c.id)
             self._lexical.drop(c.id)
+            self._meta.drop(c.id)
             self._writer.executescript("PRAGMA incremental_vacuum;")  # steps it to the end
 
     # ------------------------------------------------------------------ documents
@@ -468,6 +471,7 @@ class SqliteStore(SearchByRefs):
                     "UPDATE collections SET generation = generation + 1 WHERE id = ?", (c.id,)
                 )
             self._mirror(c, index, removed, added, matrix, [ch.text for ch in chunks])
+            self._mirror_metadata(c, doc_row, metadata, removed, added)
             return outcome
 
     def _delete_chunks(self, conn: sqlite3.Connection, cid: int, doc_row: int) -> ann.Keys:
@@ -537,6 +541,7 @@ class SqliteStore(SearchByRefs):
             empty = np.zeros((0, c.dimension), dtype=np.float32)
             none = np.zeros(0, dtype=np.int64)
             self._mirror(c, index, removed, none, empty, [])
+            self._mirror_metadata(c, int(row[0]), None, removed, none)
 
     @guarded
     def chunk_windows(
@@ -623,10 +628,10 @@ class SqliteStore(SearchByRefs):
         if node is None:
             keys, scores = index.search(query, k)
         else:
-            allowed = self._allowed(conn, c, node)
-            if len(allowed) == 0:
+            allowed = self._allowed(c, node)
+            if allowed.count == 0:
                 return []
-            keys, scores = index.search_filtered(query, k, allowed, self.exact_search_below)
+            keys, scores = index.search_filtered(query, k, allowed)
         return self._refs(conn, keys.tolist(), scores.tolist())
 
     @guarded
@@ -643,8 +648,8 @@ class SqliteStore(SearchByRefs):
         if self.lexical_index == "fts5":
             rows = self._fts5_search(conn, c, words, k, node)
             return self._refs(conn, [r[0] for r in rows], [float(r[1]) for r in rows])
-        allowed = None if node is None else self._allowed(conn, c, node)
-        if allowed is not None and len(allowed) == 0:
+        allowed = None if node is None else self._allowed(c, node)
+        if allowed is not None and allowed.count == 0:
             return []
         if time.monotonic() >= self._lexical_retry.get(c.id, 0.0):
             try:
@@ -719,16 +724,13 @@ class SqliteStore(SearchByRefs):
         except sqlite3.OperationalError as exc:  # should not happen: the query is sanitized
             raise RagserveError(f"lexical search failed: {exc}") from exc
 
-    def _allowed(self, conn: sqlite3.Connection, c: _Collection, node: Filter) -> ann.Keys:
-        """Rowids of the collection's chunks whose document matches the filter."""
-        params: list[object] = [c.id]
-        where = to_sql(node, "d.metadata", params)
-        rows = conn.execute(
-            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
-            f"WHERE c.collection_id = ? AND {where}",
-            params,
-        ).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+    def _allowed(self, c: _Collection, node: Filter) -> AllowedChunks:
+        """The collection's chunks whose document matches the filter (:mod:`.meta`)."""
+        index = self._meta.indexes.get(c.id)
+        if index is None:
+            with self._write_lock:  # a stable database state while loading
+                index = self._meta.get(c.id)
+        return index.allowed(node)
 
     def _refs(
         self, conn: sqlite3.Connection, keys: list[int], scores: list[float]
@@ -795,6 +797,20 @@ class SqliteStore(SearchByRefs):
                 raise
             self._lexical_failed(c.id, exc)
 
+    def _mirror_metadata(
+        self, c: _Collection, doc_row: int, metadata: str | None, removed: ann.Keys, added: ann.Keys
+    ) -> None:
+        """Mirror a committed write in the metadata index (``metadata`` None: a delete); on a
+        failure the index is dropped, to be loaded from SQLite again at its next use."""
+        try:
+            if metadata is None:
+                self._meta.delete(c.id, doc_row, removed)
+            else:
+                self._meta.put(c.id, doc_row, metadata, removed, added)
+        except Exception as exc:  # noqa: BLE001 - derived data
+            log.error("metadata index of collection %d dropped after a failure: %s", c.id, exc)
+            self._meta.drop(c.id)
+
     @guarded
     def flush(self) -> None:
         """Save every HNSW index changed since it was last saved; commit the lexical indexes."""
@@ -820,6 +836,7 @@ class SqliteStore(SearchByRefs):
                     conn.close()
                 self._conns.clear()
             self._keeper.indexes.clear()
+            self._meta.indexes.clear()
             self._lexical.close()
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
