@@ -120,7 +120,11 @@ def test_console_end_to_end(url: str, browser: Any, tmp_path: Path) -> None:
     assert hits[0].find_element(By.TAG_NAME, "h3").text == "1. tides.md"
     marks = {m.text.lower() for m in hits[0].find_elements(By.TAG_NAME, "mark")}
     assert "oceans" in marks, marks
-    assert hits[0].find_element(By.CSS_SELECTOR, ".leg-score dd").text
+    legs = {
+        leg: hits[0].find_element(By.CSS_SELECTOR, f".leg-{leg} dd").text
+        for leg in ("score", "dense", "bm25", "fused", "rerank")
+    }
+    assert all(legs[leg] not in ("", "\u2013") for leg in ("score", "dense", "bm25", "fused")), legs
     bars = browser.find_elements(By.CSS_SELECTOR, "#timings-bars .bar")
     assert {"embed", "dense", "lexical"} <= {b.text.split()[0] for b in bars}
     shot(browser, "console-2-search")

@@ -63,6 +63,11 @@ def test_collections_documents_and_search(rs: Client) -> None:
         assert hits[0].document_id == "octopus", mode
     filtered = rs.search("kb", "octopus hearts", filter={"topic": "bread"}).results
     assert {h.document_id for h in filtered} == {"bread"}
+    explained = rs.search("kb", "octopus hearts", explain=True, highlight=True, top_k=1).results[0]
+    assert explained.explain is not None and explained.explain.dense is not None
+    assert explained.explain.lexical is not None and explained.explain.fused is not None
+    passage = (explained.highlights or [])[0]
+    assert {passage.text[s:e].lower() for s, e in passage.matches} >= {"octopus", "hearts"}
     reranked = rs.search("kb", "which language is memory safe", rerank=True, top_k=2)
     assert reranked.results[0].document_id == "rust" and reranked.timings_ms["rerank"] > 0
 

@@ -265,7 +265,7 @@ class Upload:
     name: str
 
 
-def expand(paths: Iterable[str | os.PathLike[str]], pattern: str = "**/*") -> list[Upload]:
+def expand_paths(paths: Iterable[str | os.PathLike[str]], pattern: str = "**/*") -> list[Upload]:
     """Files named, and the files under folders named (``pattern`` relative to each folder;
     hidden files and folders are left out), in a stable order."""
     out: list[Upload] = []

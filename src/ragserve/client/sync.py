@@ -18,7 +18,8 @@ from ragserve.client._core import (
     ProgressCallback,
     RetryPolicy,
     batches,
-    expand,
+    drop_none,
+    expand_paths,
     headers_for,
     model,
     tracker_for,
@@ -123,7 +124,7 @@ class Client:
         requests of at most ``batch_files`` files / ``batch_bytes`` bytes (keep them under the
         server's ``max_documents_per_request`` and ``max_body_bytes``). ``progress`` is called
         with a :class:`~ragserve.client.Progress` as bytes go out and as each request ends."""
-        files = expand(paths, pattern)
+        files = expand_paths(paths, pattern)
         tracker = tracker_for(files, progress)
         results: list[s.DocumentResult] = []
         for batch in batches(files, batch_files, batch_bytes):
@@ -152,10 +153,15 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         collapse: bool | None = None,
         fusion: Mapping[str, Any] | None = None,
+        explain: bool | None = None,
+        highlight: bool | Mapping[str, Any] | None = None,
+        expand: Mapping[str, Any] | None = None,
+        offset: int | None = None,
         **extra: Any,
     ) -> s.SearchOut:
-        """Search a collection; options left ``None`` take the server's defaults. ``extra``
-        goes into the request body as is (options of newer servers)."""
+        """Search a collection; options left ``None`` take the server's defaults
+        (docs/search-api.md: ``explain`` per-leg scores, ``highlight`` passages, ``expand``
+        neighbours, ``offset`` pages). ``extra`` goes into the request body as is."""
         return self.send(
             r.search(
                 collection,
@@ -167,7 +173,10 @@ class Client:
                 filter=filter,
                 collapse=collapse,
                 fusion=fusion,
-                extra=extra,
+                extra={
+                    **drop_none(explain=explain, highlight=highlight, expand=expand, offset=offset),
+                    **extra,
+                },
             )
         )
 
