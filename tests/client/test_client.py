@@ -214,3 +214,21 @@ def test_429_is_retried_after_what_retry_after_asks(tmp_path: Path) -> None:
             finally:
                 reranker.release.set()
                 holder.join(30)
+
+
+def test_scoped_keys(url: str, rs: Client) -> None:
+    rs.create_collection("scoped")
+    rs.add_documents("scoped", DOCS)
+    created = rs.create_key("reader", role="read", collections=["scoped"])
+    assert created.key and created.role == "read" and created.collections == ["scoped"]
+    assert created.id in [k.id for k in rs.list_keys()]
+    with Client(url, api_key=created.key) as reader:
+        assert reader.search("scoped", "octopus hearts").results[0].document_id == "octopus"
+        with pytest.raises(errors.Forbidden) as refused:
+            reader.add_documents("scoped", [{"text": "not allowed"}])
+        assert refused.value.status_code == 403
+        with pytest.raises(errors.Forbidden):
+            reader.create_key("escalate", role="admin")
+        assert rs.revoke_key(created.id).revoked_at is not None
+        with pytest.raises(errors.Unauthorized):
+            reader.search("scoped", "octopus hearts")

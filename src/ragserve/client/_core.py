@@ -46,7 +46,7 @@ _BY_TYPE = _error_classes()
 _BY_STATUS: dict[int, type[errors.RagserveError]] = {
     400: errors.InvalidInput,
     401: errors.Unauthorized,
-    403: errors.Unauthorized,
+    403: errors.Forbidden,
     404: errors.NotFound,
     405: errors.InvalidInput,
     409: errors.Conflict,

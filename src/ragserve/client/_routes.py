@@ -4,12 +4,15 @@ clients send them; neither builds a request itself)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
 from ragserve.api import schemas as s
 from ragserve.client._core import Call, drop_none, model, nothing, segment, text
+
+if TYPE_CHECKING:  # imported when used: ragserve.api.admin brings FastAPI with it
+    from ragserve.api.admin import Key, KeyCreated
 
 Mode = Literal["hybrid", "dense", "lexical"]
 DocumentLike = s.DocumentIn | Mapping[str, Any]
@@ -144,3 +147,41 @@ def stats() -> Call[dict[str, Any]]:
 
 def metrics() -> Call[str]:
     return Call("GET", "/metrics", text)
+
+
+# ------------------------------------------------------------------------------ keys (admin)
+
+Role = Literal["read", "write", "admin"]
+
+
+def _key(r: httpx.Response) -> Key:
+    from ragserve.api.admin import Key
+
+    return Key.model_validate_json(r.content)
+
+
+def _key_created(r: httpx.Response) -> KeyCreated:
+    from ragserve.api.admin import KeyCreated
+
+    return KeyCreated.model_validate_json(r.content)
+
+
+def _keys(r: httpx.Response) -> list[Key]:
+    from ragserve.api.admin import KeyList
+
+    return KeyList.model_validate_json(r.content).keys
+
+
+def create_key(name: str, role: Role, collections: Sequence[str] | None) -> Call[KeyCreated]:
+    body = drop_none(
+        name=name, role=role, collections=None if collections is None else list(collections)
+    )
+    return Call("POST", "/v1/keys", _key_created, json=body)
+
+
+def list_keys() -> Call[list[Key]]:
+    return Call("GET", "/v1/keys", _keys)
+
+
+def revoke_key(key_id: str) -> Call[Key]:
+    return Call("DELETE", f"/v1/keys/{segment(key_id)}", _key)

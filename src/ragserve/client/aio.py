@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
@@ -25,6 +25,9 @@ from ragserve.client._core import (
     tracker_for,
     upload_call,
 )
+
+if TYPE_CHECKING:
+    from ragserve.api.admin import Key, KeyCreated
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
@@ -219,6 +222,22 @@ class AsyncClient:
                 query, documents, top_n=top_n, model_name=model, return_documents=return_documents
             )
         )
+
+    # ---------------------------------------------------------------------------- keys (admin)
+
+    async def create_key(
+        self, name: str, role: r.Role = "read", collections: Sequence[str] | None = None
+    ) -> KeyCreated:
+        """Create a scoped key (admin); ``collections=None``: every collection. The answer's
+        ``key`` is the secret, shown this once."""
+        return await self.send(r.create_key(name, role, collections))
+
+    async def list_keys(self) -> list[Key]:
+        """Every scoped key, revoked ones too (never their secrets)."""
+        return await self.send(r.list_keys())
+
+    async def revoke_key(self, key_id: str) -> Key:
+        return await self.send(r.revoke_key(key_id))
 
     # ---------------------------------------------------------------------------- monitoring
 

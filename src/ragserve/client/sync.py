@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
@@ -25,6 +25,9 @@ from ragserve.client._core import (
     tracker_for,
     upload_call,
 )
+
+if TYPE_CHECKING:
+    from ragserve.api.admin import Key, KeyCreated
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
@@ -217,6 +220,22 @@ class Client:
                 query, documents, top_n=top_n, model_name=model, return_documents=return_documents
             )
         )
+
+    # ---------------------------------------------------------------------------- keys (admin)
+
+    def create_key(
+        self, name: str, role: r.Role = "read", collections: Sequence[str] | None = None
+    ) -> KeyCreated:
+        """Create a scoped key (admin); ``collections=None``: every collection. The answer's
+        ``key`` is the secret, shown this once."""
+        return self.send(r.create_key(name, role, collections))
+
+    def list_keys(self) -> list[Key]:
+        """Every scoped key, revoked ones too (never their secrets)."""
+        return self.send(r.list_keys())
+
+    def revoke_key(self, key_id: str) -> Key:
+        return self.send(r.revoke_key(key_id))
 
     # ---------------------------------------------------------------------------- monitoring
 
