@@ -4,6 +4,7 @@ and `ragserve mcp` over stdio (against that server, and on its own over a data d
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -138,3 +139,17 @@ def test_stdio_on_its_own_data_directory(tmp_path: Path) -> None:
             await _exercise(client)
 
     anyio.run(scenario)
+
+
+def test_stdio_that_cannot_start_says_why_and_exits(tmp_path: Path) -> None:
+    params = _stdio(data_dir=tmp_path / "data")
+    env = {**(params.env or {}), "RAGSERVE_EMBEDDER": "e5-small-v2",
+           "RAGSERVE_MODEL_DIR": str(tmp_path / "no-models")}  # fmt: skip
+    done = subprocess.run(
+        [params.command, *params.args], env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())  # rich wraps long lines
+    assert "start-up failed" in said and "ragserve models pull e5-small-v2" in said
+    assert done.stdout == ""  # nothing but MCP messages ever goes to stdout

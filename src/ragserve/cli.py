@@ -316,7 +316,10 @@ def mcp_command(
 
     s = settings()
     key = api_key or (s.api_keys[0].get_secret_value() if s.api_keys else None)
-    anyio.run(serve_stdio, url, key, lambda: create_app(s, observability=False))
+    try:
+        anyio.run(serve_stdio, url, key, lambda: create_app(s, observability=False))
+    except RagserveError as exc:  # start-up failed: say why on stderr, exit non-zero
+        raise fail(exc) from None
 
 
 @config_app.command("show")

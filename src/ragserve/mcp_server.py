@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
+import anyio
 import httpx
 from fastapi import FastAPI
 from mcp.server import MCPServer
@@ -35,7 +36,7 @@ from ragserve import __version__
 from ragserve.api import schemas as s
 from ragserve.api.auth import check_key
 from ragserve.api.errors import error_response
-from ragserve.client import AsyncClient, RetryPolicy
+from ragserve.client import AsyncClient
 from ragserve.errors import RagserveError, Unauthorized, Unavailable
 from ragserve.keys import KeyStore
 
@@ -379,17 +380,24 @@ async def _local(app: FastAPI) -> AsyncIterator[ClientFactory]:
     keys: list[bytes] = app.state.api_keys
     headers = {"authorization": f"Bearer {keys[0].decode()}"} if keys else {}
     async with app.router.lifespan_context(app):
+        state = app.state.readiness  # the models load in the background: wait for them
+        while not (state.ready or state.failed):
+            await anyio.sleep(0.05)
+        if not state.failed:
 
-        @contextlib.asynccontextmanager
-        async def client_for(_: Context[Any, Any]) -> AsyncIterator[AsyncClient]:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://ragserve", headers=headers, timeout=None
-            ) as http:
-                # The models load in the background: wait for readiness (503) up to ~30 s.
-                yield AsyncClient(http=http, retry=RetryPolicy(max_retries=6))
+            @contextlib.asynccontextmanager
+            async def client_for(_: Context[Any, Any]) -> AsyncIterator[AsyncClient]:
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://ragserve", headers=headers, timeout=None
+                ) as http:
+                    yield AsyncClient(http=http)
 
-        yield client_for
+            yield client_for
+            return
+    # Raised once the app has stopped (not inside its task groups): a missing model, a data
+    # directory a running server holds, ...
+    raise Unavailable(f"start-up failed: {state.reason}")
 
 
 async def serve_stdio(
