@@ -266,6 +266,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (RAGSERVE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (RAGSERVE_PORT).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all: store + models; api: store, models remote where their URLs are set; "
+            "models: only /v1/embeddings, /v1/rerank, health, metrics (RAGSERVE_ROLE)."
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP service (one process; models load in the background, see /readyz)."""
     import uvicorn
@@ -275,8 +282,10 @@ def serve(
 
     limit_malloc_arenas()  # before the request threads exist
     s = settings()
-    if host is not None or port is not None:
-        given = {"host": host, "port": port}  # port 0: the system picks a free port
+    if role is not None and role not in ("all", "api", "models"):
+        raise fail(f"--role must be all, api or models, not {role!r}", 2)
+    if host is not None or port is not None or role is not None:
+        given = {"host": host, "port": port, "role": role}  # port 0: the system picks one
         s = s.model_copy(update={k: v for k, v in given.items() if v is not None})
     failures: list[str] = []
     server: uvicorn.Server | None = None

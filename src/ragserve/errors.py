@@ -20,6 +20,7 @@
         ├── ModelIntegrityError             a cached file no longer matches its hash
         ├── ModelSourceError                no source could provide a model
         └── ModelUnavailable                a model server is down, slow or refused the call
+            └── ModelMismatch               it serves another model (dimension, name)
 """
 
 from __future__ import annotations
@@ -132,3 +133,9 @@ class ModelUnavailable(Unavailable):
     answer within the timeout: down, slow, overloaded, or refusing the key."""
 
     error_type = "model_unavailable"
+
+
+class ModelMismatch(ModelUnavailable):
+    """A model server serves another model than the one configured (dimension or name)."""
+
+    error_type = "model_mismatch"

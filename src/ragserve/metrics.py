@@ -479,6 +479,8 @@ class ServiceCollector(Collector):
         yield from (pending, rejected, sizes)
 
     def _collections(self, service: RetrievalService) -> Iterator[Metric]:
+        if service.settings.role == "models":  # a model server has no collections
+            return
         try:
             infos = service.list_collections()
         except RagserveError as exc:  # a store that is down must not break the scrape

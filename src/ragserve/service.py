@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from ragserve.batching import MicroBatcher
 from ragserve.caching import ModelCaches
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, RagserveError
+from ragserve.errors import InvalidInput, ModelUnavailable, RagserveError
 from ragserve.fusion import settings_fusion
 from ragserve.ingest.chunking import (
     chunk_document,
@@ -40,6 +40,7 @@ from ragserve.models.catalog import Kind
 from ragserve.models.embedder import Embedder, OnnxEmbedder, Vectors, check_text, check_texts
 from ragserve.models.manager import ModelManager
 from ragserve.models.reranker import OnnxReranker, Reranker, Scores
+from ragserve.roles import check_remote_models, has_store, no_store
 from ragserve.search import Searcher, SearchRequest, SearchResult
 from ragserve.store.base import CollectionInfo, Store, StoredDocument, open_store
 from ragserve.types import Chunk, Document
@@ -115,16 +116,22 @@ class RetrievalService:
     @classmethod
     def open(cls, settings: Settings, *, load_models: bool = True) -> RetrievalService:
         limit_blas_threads(settings.blas_threads)
-        service = cls(settings, ModelManager.from_settings(settings), open_store(settings))
+        store = open_store(settings) if has_store(settings.role) else no_store()
+        service = cls(settings, ModelManager.from_settings(settings), store)
         if load_models:
             service.load_models()
         return service
 
     def load_models(self) -> None:
-        """Load the default embedder (and the reranker when it loads eagerly)."""
-        self.models.embedder(self.settings.embedder)
-        if self.settings.reranker_load == "eager":
-            self.models.reranker(self.settings.reranker)
+        """Load the default embedder (and the reranker when it loads eagerly); check remote ones
+        against their servers and the collections (:func:`ragserve.roles.check_remote_models`)."""
+        s = self.settings
+        embedder = self.models.embedder(s.embedder)
+        reranker = None
+        if s.reranker_load == "eager" or (s.reranker_url and s.reranker_load != "off"):
+            reranker = self.models.reranker(s.reranker)
+        if has_store(s.role):
+            check_remote_models(embedder, reranker, self.store.list_collections())
 
     def close(self) -> None:
         for batcher in self._query_batchers.values():
@@ -171,7 +178,7 @@ class RetrievalService:
                     max_batch=self.settings.max_batch_size,
                     max_pending=self._backstop(query_texts=True),
                     name=f"embed-{name}",
-                    workers=self.settings.embedder_runs,
+                    workers=self._embed_workers(),
                 )
                 self._query_batchers[name] = batcher
             return batcher
@@ -193,6 +200,14 @@ class RetrievalService:
                 )
                 self._rerank_batchers[name] = batcher
             return batcher
+
+    def _embed_workers(self) -> int:
+        """Query batches embedded at once: one per core run, or, when a model server embeds,
+        one per admitted search, so none waits behind another's call and each answers (or
+        503s) within ``RAGSERVE_EMBEDDER_TIMEOUT``; batches still form while all are busy."""
+        if self.settings.embedder_url:
+            return max(self.settings.embedder_runs, self.settings.search_workers)
+        return self.settings.embedder_runs
 
     def _backstop(self, *, query_texts: bool) -> int:
         """Items one model batcher may hold: all that the admitted requests can submit at once.
@@ -289,6 +304,7 @@ class RetrievalService:
         spec = self.models.catalog.get(info.embedder)
         budget = content_budget(spec.max_length, embedder.token_spans, spec.document_prefix)
         clock = timings or IngestTimings()
+        down: list[ModelUnavailable] = []  # the model server failed: the rest fail at once
         group: list[_Prepared | IngestResult] = []
         pending_chunks = 0
         source = iter(items)
@@ -305,10 +321,10 @@ class RetrievalService:
             if isinstance(prepared, _Prepared):
                 pending_chunks += len(prepared.chunks)
             if pending_chunks >= batch_chunks:
-                yield from self._store_group(collection, embedder, group, clock)
+                yield from self._store_group(collection, embedder, group, clock, down)
                 group, pending_chunks = [], 0
         if group:
-            yield from self._store_group(collection, embedder, group, clock)
+            yield from self._store_group(collection, embedder, group, clock, down)
 
     def _prepare(
         self, collection: str, embedder: Embedder, budget: int, item: Document | IngestFailure
@@ -348,12 +364,25 @@ class RetrievalService:
         embedder: Embedder,
         group: list[_Prepared | IngestResult],
         clock: IngestTimings,
+        down: list[ModelUnavailable],
     ) -> Iterator[IngestResult]:
         prepared = [g for g in group if isinstance(g, _Prepared)]
         texts = [embedding_text(c) for p in prepared for c in p.chunks]
         started = time.perf_counter()
-        vectors = self.embed_documents(texts, embedder.name) if texts else None
-        clock.embed += time.perf_counter() - started
+        try:
+            if down:
+                raise down[0]
+            vectors = self.embed_documents(texts, embedder.name) if texts else None
+        except ModelUnavailable as exc:  # a model server: each document fails, none half-stored
+            down[:1] = [exc]
+            for item in group:
+                yield item if isinstance(item, IngestResult) else IngestResult(
+                    item.document.id, "failed", error=exc.message, source=item.source,
+                    error_type=exc.error_type,
+                )  # fmt: skip
+            return
+        finally:
+            clock.embed += time.perf_counter() - started
         offset = 0
         for item in group:
             if isinstance(item, IngestResult):

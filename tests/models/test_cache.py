@@ -434,15 +434,56 @@ def test_pull_through_hf_endpoint_then_load_offline(tmp_path: Path, mirror: str)
         spec_with((HubSource("org/tiny", PINNED_FILES, COMMIT),))
     )
     assert cached.onnx_path.read_bytes() == MODEL_BYTES
+    # Offline afterwards: with HF_HUB_OFFLINE and the mirror's address dead, the model is
+    # there (sha256 re-verified) and a second pull asks nobody.
+    asked = len(_HubHandler.requests)
+    dead = _dead_endpoint()
+    offline = script.replace(".pull(spec).source)", ".pull(spec).status)") + textwrap.dedent(
+        f"""
+        cached = ModelCache(Path({str(tmp_path / "cache")!r})).verify(spec, full=True)
+        print(cached.onnx_path.stat().st_size)
+        """
+    )
+    env = {**os.environ, "HF_ENDPOINT": dead, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", offline], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cached", str(len(MODEL_BYTES))]
+    assert len(_HubHandler.requests) == asked
+
+
+def test_a_mirror_serving_a_damaged_file_is_refused(tmp_path: Path, mirror: str) -> None:
+    """The mirror answers for the pinned commit, but one byte of the model differs: the pull is
+    refused by its sha256 and nothing is cached."""
+    damaged = bytearray(MODEL_BYTES)
+    damaged[len(damaged) // 2] ^= 0x01
+    _HubHandler.files["onnx/model.onnx"] = bytes(damaged)
+    cache = ModelCache(tmp_path / "cache", hf_endpoint=mirror)
+    spec = spec_with((HubSource("org/tiny", PINNED_FILES, revision=COMMIT),))
+    with pytest.raises(ModelSourceError, match="does not match the pinned") as info:
+        cache.pull(spec)
+    assert f"hub:org/tiny@{COMMIT}" in str(info.value)
+    assert not (tmp_path / "cache" / "tiny-embedder").exists()
+    assert not list((tmp_path / "cache").glob(".partial-*"))
+    with pytest.raises(ModelNotCached):
+        cache.verify(spec)
+
+
+def _dead_endpoint() -> str:
+    """An http:// address on loopback where nothing listens any more."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server.server_close()
+    return endpoint
 
 
 def test_a_mirror_that_is_down_is_named_in_the_error(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    server.server_close()  # nothing listens there any more
+    endpoint = _dead_endpoint()
     cache = ModelCache(tmp_path / "cache", hf_endpoint=endpoint)
     spec = spec_with((HubSource("org/tiny", PINNED_FILES, revision=COMMIT),))
     with pytest.raises(ModelSourceError) as info:
         cache.pull(spec)
     assert f"hub:org/tiny@{COMMIT}" in str(info.value)
+    assert f"from {endpoint}" in str(info.value), "the error names the mirror it tried"
     assert "Connect" in str(info.value) or "onnect" in str(info.value)

@@ -328,8 +328,14 @@ async def add_documents(
     return JSONResponse(body, status_code=_STORE_REFUSALS[refused.error_type or ""])
 
 
-#: Errors of a store that cannot take writes -> the status of an ingest answer that met one.
-_STORE_REFUSALS = {"insufficient_storage": 507, "store_damaged": 503}
+#: Errors of a store that cannot take writes (or a model server that cannot embed) -> the
+#: status of an ingest answer that met one.
+_STORE_REFUSALS = {
+    "insufficient_storage": 507,
+    "store_damaged": 503,
+    "model_unavailable": 503,  # the model server (RAGSERVE_EMBEDDER_URL) could not embed
+    "model_mismatch": 503,
+}
 
 
 @collections_router.get(

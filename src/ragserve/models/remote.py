@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from tokenizers import Tokenizer
 
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, ModelUnavailable
+from ragserve.errors import InvalidInput, ModelMismatch, ModelUnavailable
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Kind, ModelSpec
 from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Vectors, token_spans
@@ -304,12 +304,12 @@ class RemoteEmbedder:
         url = self.client.base_url + path
         vectors, served = parse_embeddings(answer, len(texts), url)
         if len(texts) and vectors.shape[1] != self.dimension:
-            raise ModelUnavailable(
+            raise ModelMismatch(
                 f"model server {url} returned {vectors.shape[1]}-d vectors; {self.name} "
                 f"(and its collections) needs {self.dimension}-d: it serves another model"
             )
         if self.remote_name is not None and served is not None and served != self.remote_name:
-            raise ModelUnavailable(
+            raise ModelMismatch(
                 f"model server {url} answered with model {served!r}, expected "
                 f"{self.remote_name!r}: it serves another model"
             )
