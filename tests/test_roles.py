@@ -127,7 +127,8 @@ def test_a_models_process_serves_models_and_opens_no_store(tmp_path: Path) -> No
         assert r.status_code == 200
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "ragserve_collection_documents" not in metrics.text
-    assert not (tmp_path / "data").exists()
+    data = tmp_path / "data"  # at most the scoped keys' control.db (ragserve.keys): no store
+    assert all(p.name.startswith("control.db") for p in data.glob("*")), list(data.glob("*"))
 
 
 # ------------------------------------------------------------------------------ start-up checks
