@@ -424,6 +424,21 @@ def ingest(
     stats_json: Annotated[
         Path | None, typer.Option(help="Write counts, rates and per-stage seconds here.")
     ] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            help="Make the collection match the directory: also delete the documents of "
+            "files that are gone (only those this directory synced).",
+        ),
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="With --sync: keep syncing as files change.")
+    ] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(help="With --sync: the source's name (default: the absolute path)."),
+    ] = None,
 ) -> None:
     """Ingest documents; ends with a summary. Exit 1 if any document failed."""
     import json
@@ -434,7 +449,14 @@ def ingest(
     from ragserve.ingest.limits import Limits
     from ragserve.service import STAGES, IngestTimings
 
+    if (watch or source) and not sync:
+        raise fail("--watch and --source go with --sync", 2)
+    if sync and not Path(path).is_dir():
+        raise fail(f"--sync takes a directory; {path} is not one", 2)
     svc = _service(bulk=True)
+    if sync:
+        _sync_folder(svc, Path(path), collection, create, embedder, include, exclude, watch, source)
+        return
     try:
         s = svc.settings
         limits = Limits.from_settings(s)  # the same per-document budgets as the server's
@@ -508,6 +530,65 @@ def ingest(
         for doc, reason in failures:
             table.add_row(doc, reason)
         console.print(table)
+        raise typer.Exit(1)
+
+
+def _sync_folder(
+    svc: RetrievalService,
+    root: Path,
+    collection: str,
+    create: bool,
+    embedder: str | None,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    watch: bool,
+    source: str | None,
+) -> None:
+    """``ingest DIR --sync [--watch]``: one sync with a progress bar, or a sync per change."""
+    from ragserve.errors import CollectionNotFound
+    from ragserve.ingest import sources
+    from ragserve.ingest.limits import Limits
+    from ragserve.sync import Folder, SyncReport, sync_folder, watch_folder
+
+    def summary(report: SyncReport) -> None:
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
+        console.print(f"{collection}: {counts}", highlight=False)
+        for doc, reason in report.failures:
+            err.print(f"  failed: {doc}: {reason}", highlight=False, markup=False)
+
+    try:
+        try:
+            svc.get_collection(collection)
+        except CollectionNotFound:
+            if not create:
+                raise
+            svc.create_collection(collection, embedder)
+        folder = Folder.of(
+            root,
+            source,
+            include=tuple(include) if include else sources.DEFAULT_INCLUDE,
+            exclude=(*sources.DEFAULT_EXCLUDE, *(exclude or ())),
+            max_bytes=svc.settings.max_document_bytes,
+            limits=Limits.from_settings(svc.settings),
+        )
+        if watch:
+            err.print(f"watching {root} (Ctrl-C stops)")
+            watch_folder(svc, collection, folder, on_report=summary)
+            return
+        with Progress(
+            SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
+            BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+        ) as progress:  # fmt: skip
+            task = progress.add_task(f"syncing into {collection}", total=len(folder.files()))
+            report = sync_folder(
+                svc, collection, folder, on_result=lambda _r: progress.advance(task)
+            )
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    summary(report)
+    if report.failed:
         raise typer.Exit(1)
 
 

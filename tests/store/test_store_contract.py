@@ -175,6 +175,23 @@ def test_document_without_chunks(coll: Store) -> None:
     assert coll.get_document("c", "empty").chunks == ()
 
 
+def test_list_documents_by_metadata(coll: Store) -> None:
+    add(coll, "b", ["x"], metadata={"sync_source": "/docs", "sync_path": "b.md"}, content_hash="hb")
+    add(coll, "a", ["y"], metadata={"sync_source": "/docs", "sync_path": "a.md"}, content_hash="ha")
+    add(coll, "c", ["z"], metadata={"sync_source": "/other"}, content_hash="hc")
+    add(coll, "d", ["w"], metadata={"odd key": "/docs"}, content_hash="hd")
+    refs = coll.list_documents("c", {"sync_source": "/docs"})
+    assert [(r.id, r.content_hash, r.metadata["sync_path"]) for r in refs] == [
+        ("a", "ha", "a.md"),
+        ("b", "hb", "b.md"),
+    ]
+    assert [r.id for r in coll.list_documents("c")] == ["a", "b", "c", "d"]
+    assert [r.id for r in coll.list_documents("c", {"odd key": "/docs"})] == ["d"]
+    assert coll.list_documents("c", {"sync_source": "/none"}) == []
+    with pytest.raises(CollectionNotFound):
+        coll.list_documents("nope")
+
+
 def test_chunk_windows_read_index_ranges_in_one_snapshot(coll: Store) -> None:
     add(coll, "d1", ["a0", "a1", "a2", "a3"])
     add(coll, "d2", ["b0"])

@@ -59,6 +59,7 @@ __all__ = [
     "iter_path",
     "iter_records",
     "iter_stream",
+    "selected",
     "stdin_source",
     "walk_files",
 ]
@@ -388,6 +389,17 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(glob_regex(p).match(rel) for p in patterns)
+
+
+def selected(
+    rel: str, include: Sequence[str] = DEFAULT_INCLUDE, exclude: Sequence[str] = DEFAULT_EXCLUDE
+) -> bool:
+    """Whether :func:`walk_files` takes the file at relative POSIX path ``rel``."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):  # a file under an excluded directory is not walked into
+        if _matches("/".join(parts[:i]) + "/", exclude):
+            return False
+    return _matches(rel, include) and not _matches(rel, exclude)
 
 
 def walk_files(

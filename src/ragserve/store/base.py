@@ -61,6 +61,15 @@ class StoredDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentRef:
+    """A document's id, content hash and metadata: what a sync compares (no chunks)."""
+
+    id: str
+    content_hash: str
+    metadata: JSONDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredChunk:
     """One chunk found by a search. ``score``: cosine similarity (dense) or -bm25 (lexical)."""
 
@@ -184,6 +193,14 @@ class Store(Protocol):
         """The chunks behind ``refs`` (from this collection's searches), in order, with their
         scores. A chunk deleted since is left out (a replaced document's chunk may come back
         with its new text)."""
+        ...
+
+    def list_documents(
+        self, collection: str, where: Mapping[str, str] | None = None
+    ) -> list[DocumentRef]:
+        """The documents whose metadata has each key of ``where`` equal to its (string) value
+        (all documents without ``where``), by id. :mod:`ragserve.sync` finds a source's
+        documents with it."""
         ...
 
     def chunk_windows(

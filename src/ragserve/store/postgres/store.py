@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -54,6 +54,7 @@ from ragserve.filters import Filter, coerce_filter
 from ragserve.store.base import (
     ChunkRef,
     CollectionInfo,
+    DocumentRef,
     FilterArg,
     ScoredChunk,
     SearchByRefs,
@@ -329,6 +330,18 @@ class PostgresStore(SearchByRefs):
             c = self._collection(conn, collection)
             doc, _ = self._read_document(conn, c, document_id, with_vectors=False)
             return doc
+
+    def list_documents(
+        self, collection: str, where: Mapping[str, str] | None = None
+    ) -> list[DocumentRef]:
+        with self._conn() as conn:
+            c = self._collection(conn, collection)
+            rows = conn.execute(
+                "SELECT doc_id, content_hash, metadata FROM documents "
+                "WHERE collection_id = %s AND metadata @> %s::jsonb ORDER BY doc_id",
+                (c.id, Jsonb(dict(where or {}))),
+            ).fetchall()
+        return [DocumentRef(r[0], r[1], r[2]) for r in rows]
 
     def chunk_windows(
         self, collection: str, windows: Sequence[tuple[str, int, int]]

@@ -38,7 +38,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,7 @@ from ragserve.filters import Filter, coerce_filter
 from ragserve.store.base import (
     ChunkRef,
     CollectionInfo,
+    DocumentRef,
     FilterArg,
     ScoredChunk,
     SearchByRefs,
@@ -544,6 +545,20 @@ class SqliteStore(SearchByRefs):
             self._mirror_metadata(c, int(row[0]), None, removed, none)
 
     @guarded
+    def list_documents(
+        self, collection: str, where: Mapping[str, str] | None = None
+    ) -> list[DocumentRef]:
+        conn = self._reader()
+        c = self._collection(conn, collection)
+        sql_text = "SELECT doc_id, content_hash, metadata FROM documents WHERE collection_id = ?"
+        params: list[object] = [c.id]
+        for key, value in (where or {}).items():
+            sql_text += " AND json_extract(metadata, ?) = ?"
+            params += [_json_path(key), value]
+        rows = conn.execute(sql_text + " ORDER BY doc_id", params).fetchall()
+        return [DocumentRef(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    @guarded
     def chunk_windows(
         self, collection: str, windows: Sequence[tuple[str, int, int]]
     ) -> list[tuple[Chunk, ...]]:
@@ -840,6 +855,11 @@ class SqliteStore(SearchByRefs):
             self._lexical.close()
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
+
+
+def _json_path(key: str) -> str:
+    """The JSON path of a top-level metadata key (quoted: any character is allowed)."""
+    return "$." + json.dumps(key)
 
 
 def _dumps(value: Any, what: str) -> str:
