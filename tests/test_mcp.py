@@ -153,3 +153,12 @@ def test_stdio_that_cannot_start_says_why_and_exits(tmp_path: Path) -> None:
     said = " ".join(done.stderr.split())  # rich wraps long lines
     assert "start-up failed" in said and "ragserve models pull e5-small-v2" in said
     assert done.stdout == ""  # nothing but MCP messages ever goes to stdout
+
+
+def test_mounting_mcp_leaves_the_process_logging_alone() -> None:
+    code = (
+        "import logging; from ragserve.api.app import create_app; create_app(); "
+        "r = logging.getLogger(); print(r.handlers, logging.getLevelName(r.level))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] WARNING"  # the root logger as Python leaves it

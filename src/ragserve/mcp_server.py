@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -128,9 +129,16 @@ def document_text(doc: s.DocumentOut) -> str:
 
 def build_mcp(client_for: ClientFactory) -> MCPServer:
     """The MCP server; each tool call gets its client from ``client_for``."""
-    mcp: MCPServer = MCPServer(
-        "ragserve", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING"
-    )
+    # MCPServer() calls logging.basicConfig (a Rich handler and a level on the root logger):
+    # the process's logging is not a library's to set. basicConfig does nothing while the root
+    # logger has a handler, so it has one for the call.
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        mcp: MCPServer = MCPServer("ragserve", instructions=INSTRUCTIONS, version=__version__)
+    finally:
+        root.removeHandler(guard)
 
     async def call(ctx: Context[Any, Any], fn: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
         async with client_for(ctx) as client:
