@@ -162,3 +162,15 @@ def test_mounting_mcp_leaves_the_process_logging_alone() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] WARNING"  # the root logger as Python leaves it
+
+
+def test_a_models_process_serves_neither_mcp_nor_the_console(tmp_path: Path) -> None:
+    from ragserve.api.app import create_app
+    from ragserve.config import Settings
+
+    def paths(role: str) -> set[str]:
+        app = create_app(Settings(role=role, data_dir=tmp_path / role))
+        return {getattr(r, "path", "") for r in app.routes}
+
+    assert {"/mcp", "/ui"} <= paths("all")
+    assert not {"/mcp", "/ui"} & paths("models")

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from anyio import to_thread
@@ -143,12 +143,13 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health_router)
+    mcp_sessions: Callable[[], AbstractAsyncContextManager[None]] = nullcontext
     if settings.role != "models":  # a model server has no collections (ragserve.roles)
         app.include_router(collections_router)
+        mcp_sessions = install_mcp(app, settings.host)  # /mcp and /ui work on collections
+        install_console(app)
     app.include_router(models_router)
     app.include_router(admin_router)
-    mcp_sessions = install_mcp(app, settings.host)
-    install_console(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
         metrics = install_observability(app, lambda: state.service if state.ready else None)
