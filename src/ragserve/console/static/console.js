@@ -6,7 +6,6 @@ const PAGES = ["collections", "search", "figures"];
 const STATS_EVERY_MS = 2000;
 let statsTimer = null;
 let statsPolls = 0;
-let explainSupported = true;
 
 const $ = (id) => document.getElementById(id);
 
@@ -153,23 +152,12 @@ function upload(event) {
 
 // ------------------------------------------------------------------ search
 
-function queryTerms(query) {
-  return [...new Set((query.toLowerCase().match(/[\p{L}\p{N}]{2,}/gu) || []))];
-}
-
-// [start, end) ranges to mark in a hit's text: the server's highlights when it sent them,
-// else the query's words found in the text.
-function markRanges(hit, query) {
-  if (Array.isArray(hit.highlights) && hit.highlights.length) {
-    const ranges = [];
-    for (const p of hit.highlights) for (const [s, e] of p.matches) ranges.push([p.start + s, p.start + e]);
-    return ranges;
-  }
+// [start, end) ranges of the query's terms in a hit's text, from the server's highlights
+// (passage offsets in the text, match offsets in the passage).
+function markRanges(hit) {
   const ranges = [];
-  const lower = hit.text.toLowerCase();
-  for (const term of queryTerms(query)) {
-    const re = new RegExp(`(?<![\\p{L}\\p{N}])${term.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`, "gu");
-    for (const m of lower.matchAll(re)) ranges.push([m.index, m.index + term.length]);
+  for (const p of hit.highlights || []) {
+    for (const [s, e] of p.matches) ranges.push([p.start + s, p.start + e]);
   }
   return ranges;
 }
@@ -222,9 +210,8 @@ function timingChart(timings) {
 async function search(event) {
   event.preventDefault();
   const name = $("search-collection").value;
-  const query = $("search-query").value;
   const body = {
-    query,
+    query: $("search-query").value,
     mode: $("search-mode").value,
     top_k: Number($("search-top-k").value) || 5,
     rerank: $("search-rerank").checked,
@@ -239,7 +226,8 @@ async function search(event) {
   }
   let out;
   try {
-    out = await searchWithExplain(name, body);
+    const path = `/v1/collections/${encodeURIComponent(name)}/search`;
+    out = await api("POST", path, { ...body, explain: true, highlight: true });
   } catch (e) {
     $("search-error").textContent = `${e.type}: ${e.message}`;
     return;
@@ -251,25 +239,10 @@ async function search(event) {
   for (const h of out.results) {
     hits.append(el("li", { class: "hit" },
       el("h3", {}, `${h.rank}. ${h.document_id}`),
-      highlighted(h.text, markRanges(h, query)),
+      highlighted(h.text, markRanges(h)),
       scores(h)));
   }
   setStatus(`${out.results.length} hit(s)`);
-}
-
-// Servers that know "explain" / "highlight" get them; older ones answer 422 and are asked again
-// without (the console then marks the query's words itself).
-async function searchWithExplain(name, body) {
-  const path = `/v1/collections/${encodeURIComponent(name)}/search`;
-  if (explainSupported) {
-    try {
-      return await api("POST", path, { ...body, explain: true, highlight: true });
-    } catch (e) {
-      if (!(e.status === 422 && /explain|highlight/.test(e.message))) throw e;
-      explainSupported = false;
-    }
-  }
-  return api("POST", path, body);
 }
 
 // ------------------------------------------------------------------ figures
