@@ -121,3 +121,29 @@ def test_compose_builds_the_same_dockerfile_with_declared_args() -> None:
     assert set(build["args"]) <= declared, set(build["args"]) - declared
     assert "postgres" in build["args"]["EXTRAS"]
     assert compose["services"]["ragserve"]["environment"]["RAGSERVE_STORE"] == "postgres"
+
+
+def test_models_compose_runs_a_model_service_api_replicas_and_postgres() -> None:
+    """docker-compose.models.yml: the same image as docker-compose.yml, a `--role models`
+    service the `--role api` replicas reach by its service name, and only real settings."""
+    yaml = pytest.importorskip("yaml")
+    from ragserve.config import Settings
+
+    split = yaml.safe_load((ROOT / "docker-compose.models.yml").read_text(encoding="utf-8"))
+    single = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = split["services"]
+    assert set(services) == {"postgres", "models", "api"}
+    for name in ("models", "api"):
+        assert services[name]["build"] == single["services"]["ragserve"]["build"]
+        env = services[name]["environment"]
+        unknown = {
+            k for k in env if k.removeprefix("RAGSERVE_").lower() not in Settings.model_fields
+        }
+        assert not unknown, unknown
+    assert services["models"]["environment"]["RAGSERVE_ROLE"] == "models"
+    assert "ports" not in services["models"], "the model service is reached only by the API"
+    api = services["api"]["environment"]
+    assert api["RAGSERVE_ROLE"] == "api" and api["RAGSERVE_STORE"] == "postgres"
+    for kind in ("EMBEDDER", "RERANKER"):
+        assert api[f"RAGSERVE_{kind}_URL"] == "http://models:8000"
+    assert set(services["api"]["depends_on"]) == {"postgres", "models"}
