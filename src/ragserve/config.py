@@ -238,6 +238,12 @@ class Settings(BaseSettings):
         "index, fast) or `fts5` (SQLite's own index, searched in the database). Not used by "
         "the postgres store.",
     )
+    ann_vectors: Literal["float32", "int8"] = Field(
+        default="float32",
+        description="Embedded store: vectors in the HNSW index, `float32` or `int8` (a quarter "
+        "of the memory: ~0.6 KB per 384-d chunk instead of ~1.7 KB; candidates are rescored "
+        "with the float32 vectors kept in SQLite; docs/store.md has the recall of each).",
+    )
     exact_search_below: int = Field(
         default=5_000,
         ge=0,

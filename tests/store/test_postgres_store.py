@@ -20,7 +20,7 @@ from ragserve.filters import parse_filter
 from ragserve.store.postgres import schema as postgres_schema
 from ragserve.store.postgres.sql import to_sql
 from ragserve.types import Chunk, Document
-from tests.fakes import random_unit
+from tests.fakes import pgserver_module, random_unit
 
 psycopg = pytest.importorskip("psycopg")
 from ragserve.store.postgres.store import PostgresStore  # noqa: E402
@@ -115,7 +115,7 @@ def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
 @pytest.fixture
 def own_server() -> Iterator[Any]:
     """A server of its own, to be killed."""
-    pgserver = pytest.importorskip("pgserver")
+    pgserver = pgserver_module()
     data = Path(tempfile.mkdtemp(prefix="ragserve-pgkill-"))
     server = pgserver.get_server(data, cleanup_mode="stop")
     yield server

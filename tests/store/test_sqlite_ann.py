@@ -268,3 +268,40 @@ def test_writes_during_a_compaction_go_on_and_are_replayed(monkeypatch: pytest.M
         assert dense.search(new[i], 1)[0].tolist() == [1000 + i]
     keys, _ = dense.search(vecs[42], 10)
     assert not set(keys.tolist()) & set(range(45))
+
+
+def test_int8_vectors_rescore_to_exact_cosines_and_reload(tmp_path: Path) -> None:
+    """int8 vectors in the graph: hits are scored with the float32 vectors from SQLite (the
+    exact cosine), recall stays near exact, the saved index loads as is, and a store opened
+    with the other kind of vectors rebuilds it instead of misreading it."""
+    dim, n = 32, 600
+    vectors = random_unit(n, dim, seed=5)
+    params = AnnParams(vectors="int8")
+    store = SqliteStore(tmp_path, exact_search_below=100, ann_params=params)
+    store.create_collection("c", "fake", dim)
+    for i in range(n):
+        doc = Document(f"d{i}", "", metadata={"odd": i % 2})
+        store.upsert_document("c", doc, "h", [Chunk(f"d{i}", 0, f"w{i}")], vectors[i : i + 1])
+    queries = random_unit(20, dim, seed=6)
+    found = 0
+    for q in queries:
+        hits = store.dense_search("c", q, 10)
+        exact = np.argsort(-(vectors @ q))[:10]
+        found += len({int(h.document_id[1:]) for h in hits} & set(exact.tolist()))
+        for h in hits:
+            assert h.score == pytest.approx(float(vectors[int(h.document_id[1:])] @ q), abs=1e-5)
+        odd = store.dense_search("c", q, 10, {"odd": 1})
+        assert len(odd) == 10 and all(int(h.document_id[1:]) % 2 for h in odd)
+    assert found >= 0.95 * 10 * len(queries)
+    store.close()
+    store = SqliteStore(tmp_path, exact_search_below=100, ann_params=params)
+    store.dense_search("c", queries[0], 1)
+    assert store._keeper.last_load[1] == "loaded"
+    store.close()
+    store = SqliteStore(tmp_path, exact_search_below=100)
+    assert (
+        store.dense_search("c", queries[0], 1)[0].document_id
+        == f"d{np.argmax(vectors @ queries[0])}"
+    )
+    assert store._keeper.last_load[1] == "rebuilt"
+    store.close()

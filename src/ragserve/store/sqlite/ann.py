@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import faiss as _faiss
 import numpy as np
@@ -54,6 +54,9 @@ MANIFEST_FORMAT = 1
 BULK_ADD = 1_000
 #: Vectors a compaction reads from the old index at a time (under the lock, ~ms each).
 COMPACTION_BATCH = 20_000
+#: Fewest vectors an int8 index learns its per-dimension ranges from; a first add of fewer (a
+#: tiny collection on the HNSW path) uses [-1, 1] for every dimension (unit vectors).
+SQ_TRAIN_MIN = 1_000
 #: Filtered dense searches allowing at most this many chunks scan them exactly; larger allowed
 #: sets walk the graph with a bitmap (docs/store.md: where the two cost the same).
 FILTER_EXACT_MAX = 20_000
@@ -69,9 +72,21 @@ class AnnParams:
     expansion_search: int = 96
     threads: int = 0  # 0: all cores, for bulk adds (see BULK_ADD)
     max_tombstone_fraction: float = 0.2
+    #: Vectors in the graph: ``float32``, or ``int8`` (faiss's 8-bit scalar quantizer, per
+    #: dimension min/max: a quarter of the memory; the store rescores the candidates with the
+    #: full-precision vectors from SQLite).
+    vectors: Literal["float32", "int8"] = "float32"
+
+    @property
+    def quantized(self) -> bool:
+        return self.vectors == "int8"
 
 
 M = TypeVar("M")
+
+
+def _unit_range(dimension: int) -> Vectors:
+    return np.stack([np.full(dimension, -1.0), np.full(dimension, 1.0)]).astype(np.float32)
 
 
 def normalize(vectors: Vectors) -> Vectors:
@@ -178,7 +193,12 @@ class HnswIndex:
         self.dimension = dimension
         self.params = params
         if index is None:
-            graph = faiss.IndexHNSWFlat(dimension, params.connectivity, faiss.METRIC_INNER_PRODUCT)
+            ip = faiss.METRIC_INNER_PRODUCT
+            if params.quantized:
+                qt = faiss.ScalarQuantizer.QT_8bit
+                graph = faiss.IndexHNSWSQ(dimension, qt, params.connectivity, ip)
+            else:
+                graph = faiss.IndexHNSWFlat(dimension, params.connectivity, ip)
             graph.hnsw.efConstruction = params.expansion_add
             index = faiss.IndexIDMap2(graph)
         self._index = index
@@ -222,7 +242,10 @@ class HnswIndex:
         bulk = len(keys) >= BULK_ADD
         faiss.omp_set_num_threads((self.params.threads or os.cpu_count() or 1) if bulk else 1)
         first = int(self._index.ntotal)
-        self._index.add_with_ids(normalize(vectors), np.ascontiguousarray(keys, dtype=np.int64))
+        unit = normalize(vectors)
+        if not self._index.is_trained:  # int8: per-dimension ranges from the first vectors
+            self._index.train(unit if len(unit) >= SQ_TRAIN_MIN else _unit_range(self.dimension))
+        self._index.add_with_ids(unit, np.ascontiguousarray(keys, dtype=np.int64))
         self._live.update(keys.tolist())
         self._set_nodes(keys, np.arange(first, first + len(keys), dtype=np.int64))
 
@@ -277,8 +300,32 @@ class HnswIndex:
             flat = faiss.rev_swig_ptr(storage.get_xb(), total * self.dimension)
             matrix = np.asarray(flat).reshape(total, self.dimension)
             return kept, np.ascontiguousarray(matrix[nodes[present]], dtype=np.float32)
+        faiss.omp_set_num_threads(1)
         got = self._index.reconstruct_batch(kept)
         return kept, np.ascontiguousarray(got, dtype=np.float32)
+
+    def scores_of(self, keys: Keys, query: Vectors) -> tuple[Keys, Vectors]:
+        """Inner products of ``query`` (unit) with the vectors of those ``keys`` in the index
+        (and the keys kept), read in place: float32 rows, or int8 codes decoded as one
+        matrix product (faiss's 8-bit decoding: ``min + (code + 0.5) / 255 * range``)."""
+        nodes = self.nodes_of(np.asarray(keys, dtype=np.int64))
+        present = nodes >= 0
+        kept, nodes = np.ascontiguousarray(keys[present], dtype=np.int64), nodes[present]
+        storage = faiss.downcast_index(faiss.downcast_index(self._index.index).storage)
+        total, d = int(storage.ntotal), self.dimension
+        if isinstance(storage, faiss.IndexFlat):
+            matrix = np.asarray(faiss.rev_swig_ptr(storage.get_xb(), total * d))
+            return kept, matrix.reshape(total, d)[nodes] @ query
+        if isinstance(storage, faiss.IndexScalarQuantizer) and storage.code_size == d:
+            codes = np.asarray(faiss.rev_swig_ptr(storage.codes.data(), total * d))
+            trained = faiss.vector_to_array(storage.sq.trained).astype(np.float32)
+            low, span = trained[:d], trained[d:]
+            weights = query * span / np.float32(255.0)
+            rows = codes.reshape(total, d)[nodes].astype(np.float32)
+            scores = (rows + np.float32(0.5)) @ weights + np.float32(query @ low)
+            return kept, scores.astype(np.float32)
+        kept, vectors = self.vectors(kept)
+        return kept, vectors @ query
 
     def search(
         self, query: Vectors, k: int, allowed: AllowedChunks | None = None
@@ -288,6 +335,10 @@ class HnswIndex:
         count = min(k, len(self._live) if allowed is None else allowed.count)
         if count <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        # One query: no OpenMP team. The setting is per thread and defaults to every core; a
+        # team of two spinning at its barriers on a busy 2-core machine took 28 ms for what one
+        # thread does in 0.1 ms (12,000 vectors, load 16).
+        faiss.omp_set_num_threads(1)
         # A beam of twice k: recall@k >= 0.99 where a beam of k loses hits (SciFact, 10k chunks,
         # k=100: hybrid nDCG@10 the same as exact search, 0.005 lower with a beam of k).
         params = faiss.SearchParametersHNSW()
@@ -312,8 +363,7 @@ class HnswIndex:
                 everything = allowed.keys()
             else:
                 everything = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
-            kept, vectors = self.vectors(everything)
-            return top_k(kept, vectors @ query, count)
+            return top_k(*self.scores_of(everything, query), count)
         return keys, np.asarray(scores[0], dtype=np.float32)
 
     def save(self, path: Path) -> str:
@@ -335,8 +385,9 @@ class HnswIndex:
         if not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"not an IndexIDMap2: {type(index).__name__}")
         graph = faiss.downcast_index(index.index)
-        if not isinstance(graph, faiss.IndexHNSWFlat):
-            raise ValueError(f"not an IndexHNSWFlat: {type(graph).__name__}")
+        kind = faiss.IndexHNSWSQ if params.quantized else faiss.IndexHNSWFlat
+        if not isinstance(graph, kind):
+            raise ValueError(f"not an {kind.__name__}: {type(graph).__name__}")
         if index.d != dimension or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(f"index dimension {index.d} != {dimension} or not inner product")
         stored = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -369,6 +420,11 @@ class DenseIndex:
     @property
     def is_ann(self) -> bool:
         return isinstance(self.inner, HnswIndex)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether scores are approximate (int8 vectors): the caller rescores candidates."""
+        return isinstance(self.inner, HnswIndex) and self.inner.params.quantized
 
     def apply(self, removed: Keys, added: Keys, vectors: Vectors) -> None:
         """Mirror a write; start a compaction when the HNSW index's tombstones pass the
@@ -432,10 +488,8 @@ class DenseIndex:
                 return inner.search_allowed(unit, k, allowed)
             if allowed.count > FILTER_EXACT_MAX:
                 return inner.search(unit, k, allowed)
-            keys, vectors = inner.vectors(allowed.keys())
-        if len(keys) == 0:
-            return keys, np.zeros(0, dtype=np.float32)
-        return top_k(keys, vectors @ unit, k)
+            keys, scores = inner.scores_of(allowed.keys(), unit)
+        return top_k(keys, scores, k)
 
 
 # --------------------------------------------------------------------------- manifest

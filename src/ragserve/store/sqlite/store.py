@@ -56,6 +56,7 @@ from ragserve.errors import (
 )
 from ragserve.filters import Filter, coerce_filter
 from ragserve.store.base import (
+    MAX_K,
     ChunkRef,
     CollectionInfo,
     DocumentRef,
@@ -132,6 +133,11 @@ _HIT_SQL = (
     "JOIN documents d ON d.id = c.document_id "
     "WHERE c.id IN (SELECT value FROM json_each(?)) AND c.collection_id = ?"
 )
+_VECTOR_SQL = "SELECT id, vector FROM chunks WHERE id IN (SELECT value FROM json_each(?))"
+#: Candidates an int8 HNSW index returns per hit wanted (at least ``RESCORE_MIN``), rescored
+#: with the float32 vectors in SQLite (docs/store.md: recall against the count).
+RESCORE_FACTOR = 2
+RESCORE_MIN = 40
 #: Entries of the rowid -> (document id, chunk index) cache (about 200 bytes each).
 REF_CACHE_SIZE = 200_000
 _REF_SQL = (
@@ -263,6 +269,7 @@ class SqliteStore(SearchByRefs):
             settings.data_dir,
             exact_search_below=settings.exact_search_below,
             lexical_index=settings.lexical_index,
+            ann_params=ann.AnnParams(vectors=settings.ann_vectors),
         )
 
     # ------------------------------------------------------------------ connections
@@ -640,14 +647,30 @@ class SqliteStore(SearchByRefs):
         c = self._collection(conn, collection)
         query = check_query_vector(vector, c.dimension)
         index = self._index(c)
+        # int8 vectors: more candidates, rescored with the full-precision vectors.
+        fetch = min(MAX_K, max(RESCORE_FACTOR * k, RESCORE_MIN)) if index.quantized else k
         if node is None:
-            keys, scores = index.search(query, k)
+            keys, scores = index.search(query, fetch)
         else:
             allowed = self._allowed(c, node)
             if allowed.count == 0:
                 return []
-            keys, scores = index.search_filtered(query, k, allowed)
+            keys, scores = index.search_filtered(query, fetch, allowed)
+        if index.quantized:
+            keys, scores = self._rescore(conn, query, keys, k)
         return self._refs(conn, keys.tolist(), scores.tolist())
+
+    def _rescore(
+        self, conn: sqlite3.Connection, query: Vectors, keys: ann.Keys, k: int
+    ) -> tuple[ann.Keys, Vectors]:
+        """The ``k`` best of ``keys`` by cosine with the vectors stored in SQLite."""
+        if len(keys) == 0:
+            return keys, np.zeros(0, dtype=np.float32)
+        rows = conn.execute(_VECTOR_SQL, (json.dumps(keys.tolist()),)).fetchall()
+        found = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+        vectors = ann.normalize(vectors.reshape(len(rows), len(query)))
+        return ann.top_k(found, vectors @ ann.normalize(query[None, :])[0], k)
 
     @guarded
     def lexical_refs(
