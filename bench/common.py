@@ -17,10 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_DIR = ROOT.parent / "shared" / "eval" / "scifact"
 OUT = ROOT / "bench" / "out"
+
+
+class PresetQueries:
+    """An embedder whose query vectors were computed beforehand (``vectors[text]``): search
+    timings and sweeps then exclude query embedding."""
+
+    name = "preset"
+
+    def __init__(self, vectors: Any) -> None:
+        self.vectors = vectors
+        self.dimension = len(next(iter(vectors.values())))
+
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Any:
+        return np.stack([self.vectors[t] for t in texts])
+
+    def embed_documents(self, texts: Sequence[str]) -> Any:
+        raise NotImplementedError("query vectors only")
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        raise NotImplementedError("query vectors only")
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bench.common import PresetQueries
 from ragserve.config import Settings
 from ragserve.evaluation import Qrels, beir_scores, load_beir
 from ragserve.models.embedder import Embedder
@@ -72,12 +73,16 @@ class CachedReranker:
     def key(query: str, passage: str) -> str:
         return hashlib.sha1(f"{query}\x00{passage}".encode()).hexdigest()
 
-    def score(self, query: str, passages: Sequence[str]) -> npt.NDArray[np.float32]:
-        keys = [self.key(query, p) for p in passages]
+    @property
+    def name(self) -> str:
+        return self.reranker.name
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
+        keys = [self.key(q, p) for q, p in pairs]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
             self.calls += 1
-            logits = self.reranker.score(query, [passages[i] for i in missing])
+            logits = self.reranker.score_pairs([pairs[i] for i in missing])
             for i, logit in zip(missing, logits.tolist(), strict=True):
                 self.cache[keys[i]] = float(logit)
             if self.calls % 20 == 0:
@@ -103,8 +108,8 @@ def evaluate(
         result = searcher.search(
             "scifact",
             replace(request, query=text),
-            embed=lambda texts: qvec[texts[0]][None, :],
-            rerank=rerank.score if rerank else None,
+            embedder=PresetQueries(qvec),
+            reranker=rerank,
         )
         run[qid] = [h.document_id for h in result.hits]
     return beir_scores(run, qrels)

@@ -42,7 +42,7 @@ from ragserve.api.observability import ACCESS_LOGGER, ObservabilityMiddleware
 from ragserve.caching import ModelCaches
 from ragserve.metrics import Metrics
 from ragserve.service import RetrievalService
-from tests.api.conftest import make_service, make_settings
+from tests.fakes import make_service, make_settings
 
 WORDS = [
     "cats",

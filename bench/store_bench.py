@@ -288,7 +288,7 @@ class FixedEmbedder:
     def embed_documents(self, texts: list[str]) -> F32:
         return np.zeros((len(texts), DIM), dtype=np.float32)
 
-    def embed_queries(self, texts: list[str]) -> F32:
+    def embed_queries(self, texts: list[str], *, instruction: bool = True) -> F32:
         return self.vector
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:

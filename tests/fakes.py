@@ -1,7 +1,10 @@
-"""Fakes for the model seams: fast, deterministic, no model files.
+"""Fakes for the model seams and the helpers that serve them: fast, deterministic, no model
+files.
 
 ``FakeEmbedder`` hashes words into a small vector (texts sharing words are similar), so dense
 search behaves sensibly in tests. ``FakeReranker`` scores by query-word overlap, or by a table.
+``make_service`` builds the real service, store and served-model layer over them (the HTTP, CLI
+and library tests all go through it); ``ready_client`` puts the real app in front.
 """
 
 from __future__ import annotations
@@ -9,11 +12,20 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from fastapi.testclient import TestClient
+
+from ragserve.api.app import create_app
+from ragserve.config import Settings
+from ragserve.models.catalog import Kind, ModelSpec, Pooling
+from ragserve.models.manager import ModelManager
+from ragserve.service import RetrievalService
+from ragserve.store.base import open_store
 
 Vectors = npt.NDArray[np.float32]
 _WORD = re.compile(r"\w+")
@@ -85,7 +97,7 @@ class FakeEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         return np.stack([self._embed(t) for t in texts]) if texts else self._empty()
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
         self.query_calls += 1
         return self.embed_documents(texts)
 
@@ -96,22 +108,117 @@ class FakeEmbedder:
         return np.zeros((0, self._dimension), dtype=np.float32)
 
 
+class PresetEmbedder(FakeEmbedder):
+    """Embeds every query as the one given vector (a search that must find one chunk)."""
+
+    def __init__(self, vector: Vectors) -> None:
+        super().__init__(len(vector), "preset")
+        self.vector = np.asarray(vector, dtype=np.float32)
+
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
+        return np.stack([self.vector] * len(texts))
+
+
 class FakeReranker:
     """Logit = number of query words in the passage, or ``table[passage]`` when given."""
 
     def __init__(self, table: Mapping[str, float] | None = None, name: str = "fake-reranker"):
         self._name = name
         self.table = dict(table or {})
-        self.calls: list[tuple[str, list[str]]] = []
+        self.calls: list[list[tuple[str, str]]] = []
 
     @property
     def name(self) -> str:
         return self._name
 
-    def score(self, query: str, passages: Sequence[str]) -> Vectors:
-        self.calls.append((query, list(passages)))
-        q = set(words(query))
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Vectors:
+        self.calls.append(list(pairs))
         out = [
-            self.table[p] if p in self.table else float(len(q & set(words(p)))) for p in passages
+            self.table[p] if p in self.table else float(len(set(words(q)) & set(words(p))))
+            for q, p in pairs
         ]
         return np.asarray(out, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ the service over fakes
+
+FAKE_EMBEDDER = ModelSpec(
+    name="fake-embedder",
+    kind=Kind.EMBEDDER,
+    description="test",
+    licence="MIT",
+    max_length=512,
+    dimension=64,
+    pooling=Pooling.MEAN,
+    sources=(),
+    builtin=False,
+)
+OTHER_EMBEDDER = ModelSpec(
+    name="other-embedder",
+    kind=Kind.EMBEDDER,
+    description="test",
+    licence="MIT",
+    max_length=512,
+    dimension=32,
+    pooling=Pooling.MEAN,
+    sources=(),
+    builtin=False,
+)
+FAKE_RERANKER = ModelSpec(
+    name="fake-reranker",
+    kind=Kind.RERANKER,
+    description="test",
+    licence="MIT",
+    max_length=512,
+    sources=(),
+    builtin=False,
+)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "model_dir": tmp_path / "models",
+        "embedder": "fake-embedder",
+        "reranker": "fake-reranker",
+        "chunk_tokens": 64,
+        "chunk_overlap": 8,
+        "max_documents_per_request": 50,
+        "max_body_bytes": 256 * 1024,
+        "max_top_k": 100,
+        "max_query_chars": 500,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_service(
+    settings: Settings, embedder: Any | None = None, reranker: Any | None = None
+) -> RetrievalService:
+    manager = ModelManager.from_settings(settings)
+    manager.provide(FAKE_EMBEDDER, embedder or FakeEmbedder(64, "fake-embedder"))
+    manager.provide(OTHER_EMBEDDER, FakeEmbedder(32, "other-embedder"))
+    manager.provide(FAKE_RERANKER, reranker or FakeReranker())
+    return RetrievalService(settings, manager, open_store(settings))
+
+
+def ready_client(settings: Settings, service: RetrievalService | None) -> Iterator[TestClient]:
+    """A client once start-up has finished (ready, or failed for good)."""
+    app = create_app(settings, service)
+    state = app.state.readiness
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            deadline = time.monotonic() + 30
+            while not (state.ready or state.failed) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            yield client
+    finally:
+        if service is not None:
+            service.close()
+
+
+def error_of(response: Any) -> dict[str, str]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"type", "message"}, body
+    return dict(body["error"])

@@ -9,7 +9,7 @@ always come from the store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,7 @@ from ragserve.caching import (
 from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService
 from ragserve.types import Document
-from tests.api.conftest import make_service, make_settings
-from tests.fakes import FakeEmbedder, FakeReranker
+from tests.fakes import FakeEmbedder, FakeReranker, make_service, make_settings
 
 # ------------------------------------------------------------------------------ the LRU
 
@@ -122,11 +121,11 @@ def test_rerank_keys_hold_a_digest_of_the_passage_per_model_and_query() -> None:
         calls.append(pairs)
         return [float(len(p)) for _, p in pairs]
 
-    assert caches.rerank_scores("r", "q", ["aa", "bbb"], score) == [2.0, 3.0]
-    assert caches.rerank_scores("r", "q", ["bbb", "cccc"], score) == [3.0, 4.0]
+    assert caches.rerank_scores("r", [("q", "aa"), ("q", "bbb")], score) == [2.0, 3.0]
+    assert caches.rerank_scores("r", [("q", "bbb"), ("q", "cccc")], score) == [3.0, 4.0]
     assert calls == [[("q", "aa"), ("q", "bbb")], [("q", "cccc")]]
-    caches.rerank_scores("r", "other query", ["aa"], score)
-    caches.rerank_scores("other-model", "q", ["aa"], score)
+    caches.rerank_scores("r", [("other query", "aa")], score)
+    caches.rerank_scores("other-model", [("q", "aa")], score)
     assert len(calls) == 4
     assert len(passage_digest("x" * 10_000)) == 16
 
@@ -147,9 +146,9 @@ class CountingReranker(FakeReranker):
         super().__init__()
         self.passages: list[str] = []
 
-    def score(self, query: str, passages: list[str]) -> np.ndarray:  # type: ignore[override]
-        self.passages.extend(passages)
-        return super().score(query, passages)
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        self.passages.extend(p for _, p in pairs)
+        return super().score_pairs(pairs)
 
 
 @pytest.fixture
@@ -165,7 +164,7 @@ def parts(tmp_path: Path) -> Iterator[tuple[RetrievalService, FakeEmbedder, Coun
 
 
 def _stats(service: RetrievalService, name: str) -> tuple[int, int]:
-    cache = {c.name: c for c in service.caches.all()}[name].stats()
+    cache = {c.name: c for c in service.models.snapshot().caches}[name]
     return cache.hits, cache.misses
 
 
@@ -261,6 +260,6 @@ def test_sizes_of_zero_turn_the_caches_off(tmp_path: Path) -> None:
         for _ in range(2):
             service.search("docs", SearchRequest(query="barn", rerank=True))
         assert embedder.query_calls == 2
-        assert all(c.stats().hits == c.stats().misses == 0 for c in service.caches.all())
+        assert all(c.hits == c.misses == 0 for c in service.models.snapshot().caches)
     finally:
         service.close()

@@ -12,7 +12,7 @@ import pytest
 from ragserve.errors import InvalidInput
 from ragserve.evalrun import evaluate, ingest_corpus
 from ragserve.evaluation import load_beir, ndcg_at_k, recall_at_k
-from tests.api.conftest import make_service, make_settings
+from tests.fakes import make_service, make_settings
 
 
 def test_ndcg_and_recall_match_hand_computed_values() -> None:

@@ -20,15 +20,17 @@ from ragserve.roles import check_remote_models, no_store
 from ragserve.service import RetrievalService
 from ragserve.store.base import CollectionInfo
 from ragserve.types import Document
-from tests.api.conftest import (
+from tests.fakes import (
     FAKE_EMBEDDER,
     FAKE_RERANKER,
+    FakeEmbedder,
+    FakeReranker,
+    Vectors,
     error_of,
     make_service,
     make_settings,
     ready_client,
 )
-from tests.fakes import FakeEmbedder, FakeReranker, Vectors
 
 
 class FlakyEmbedder(FakeEmbedder):
@@ -48,7 +50,7 @@ class FlakyEmbedder(FakeEmbedder):
         self._check()
         return super().embed_documents(texts)
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
         self._check()
         return super().embed_queries(texts)
 

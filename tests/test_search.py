@@ -193,7 +193,7 @@ def test_rerank_reorders_the_head_using_both_signals(
     req = SearchRequest("embedded database engine", top_k=6, rerank=True, rerank_top_n=6)
     result = searcher.search("kb", req)
     assert result.reranked and result.timings_ms["rerank"] >= 0
-    assert reranker.calls and len(reranker.calls[0][1]) <= 6
+    assert reranker.calls and len(reranker.calls[0]) <= 6
     ids = [h.document_id for h in result.hits]
     assert "rerank" in result.hits[0].scores
     # Tea jumps up the list but the strong retrieval evidence for sqlite is not discarded.
@@ -205,17 +205,14 @@ def test_rerank_passages_are_truncated(store: SqliteStore, embedder: FakeEmbedde
     reranker = FakeReranker()
     req = SearchRequest("tea", top_k=2, rerank=True, rerank_top_n=3, rerank_max_chars=5)
     Searcher(store, embedder, reranker).search("kb", req)
-    assert all(len(p) <= 5 for p in reranker.calls[0][1])
-    assert len(reranker.calls[0][1]) == 3
+    assert all(len(p) <= 5 for _, p in reranker.calls[0])
+    assert len(reranker.calls[0]) == 3
 
 
-def test_model_functions_can_be_passed_per_call(store: SqliteStore, embedder: FakeEmbedder) -> None:
+def test_models_can_be_passed_per_call(store: SqliteStore, embedder: FakeEmbedder) -> None:
     reranker = FakeReranker()
     result = Searcher(store).search(
-        "kb",
-        SearchRequest("tea", top_k=2, rerank=True),
-        embed=embedder.embed_queries,
-        rerank=reranker.score,
+        "kb", SearchRequest("tea", top_k=2, rerank=True), embedder=embedder, reranker=reranker
     )
     assert result.hits[0].document_id == "tea" and reranker.calls
 

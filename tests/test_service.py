@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,8 +14,14 @@ from ragserve.ingest.sources import IngestFailure
 from ragserve.search import SearchRequest
 from ragserve.service import STAGES, IngestTimings, RetrievalService
 from ragserve.types import Document
-from tests.api.conftest import make_service, make_settings
-from tests.fakes import FakeEmbedder, Vectors, wait_until
+from tests.fakes import (
+    FAKE_EMBEDDER,
+    FakeEmbedder,
+    Vectors,
+    make_service,
+    make_settings,
+    wait_until,
+)
 
 
 class CountingEmbedder(FakeEmbedder):
@@ -32,7 +38,7 @@ class CountingEmbedder(FakeEmbedder):
         self.documents_embedded += len(texts)
         return super().embed_documents(texts)
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
         self.inside += 1
         self.entered.set()
         assert self.gate.wait(30)
@@ -116,14 +122,13 @@ def test_concurrent_queries_are_batched_together(
         threading.Thread(target=lambda q=q: results.append(service.embed_queries([q])))
         for q in ("alpha", "beta", "gamma", "delta", "epsilon")
     ]
-    batcher = service._query_batcher("fake-embedder")
     try:
         for i, t in enumerate(threads[:runs], start=1):
             t.start()
             wait_until(lambda i=i: embedder.inside == i)  # each worker holds one query
         for t in threads[runs:]:
             t.start()
-        wait_until(lambda: batcher.pending == 5)
+        wait_until(lambda: pending(service, "embed-fake-embedder") == 5)
         embedder.gate.set()
         for t in threads:
             t.join(10)
@@ -134,6 +139,12 @@ def test_concurrent_queries_are_batched_together(
     # The first ``runs`` queries alone, then what waited, shared between the workers: one batch
     # of four (one worker), or a batch of two and one of one (two workers).
     assert sorted(embedder.query_batches) == ([1, 4] if runs == 1 else [1, 1, 1, 2])
+
+
+def pending(service: RetrievalService, batcher: str) -> int:
+    """Items waiting in a model batcher, as the service reports them (0 before it starts)."""
+    snapshot = service.models.snapshot()
+    return next((b.pending for b in snapshot.batchers if b.name == batcher), 0)
 
 
 def test_search_uses_the_collection_embedder(service: RetrievalService) -> None:
@@ -179,11 +190,10 @@ def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says(
 
 
 class InstructedEmbedder(FakeEmbedder):
-    """Marks its query prefix optional (like bge v1.5) and records each call's choice."""
+    """Records each call's choice (its spec marks the query prefix optional, like bge v1.5's)."""
 
-    def __init__(self, optional: bool = True) -> None:
+    def __init__(self) -> None:
         super().__init__(64, "fake-embedder")
-        self.spec = SimpleNamespace(query_prefix_optional=optional)
         self.calls: list[tuple[tuple[str, ...], bool]] = []
 
     def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
@@ -203,9 +213,10 @@ class InstructedEmbedder(FakeEmbedder):
 def test_hybrid_searches_leave_out_an_optional_query_instruction(
     tmp_path: Path, optional: bool, hybrid_instruction: bool, expected: dict[str, bool]
 ) -> None:
-    embedder = InstructedEmbedder(optional)
+    embedder = InstructedEmbedder()
     settings = make_settings(tmp_path, hybrid_query_instruction=hybrid_instruction)
-    svc = make_service(settings, embedder)
+    svc = make_service(settings)
+    svc.models.provide(replace(FAKE_EMBEDDER, query_prefix_optional=optional), embedder)
     try:
         svc.create_collection("c")
         svc.ingest("c", [_doc(1), _doc(2)])

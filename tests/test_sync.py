@@ -18,8 +18,7 @@ from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService
 from ragserve.sync import PATH_KEY, SOURCE_KEY, Folder, sync_documents, sync_folder, watch_folder
 from ragserve.types import Document
-from tests.api.conftest import make_service, make_settings
-from tests.fakes import wait_until
+from tests.fakes import make_service, make_settings, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,7 +199,7 @@ WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from ragserve.sync import Folder, sync_folder
-    from tests.api.conftest import make_service, make_settings
+    from tests.fakes import make_service, make_settings
 
     svc = make_service(make_settings(Path(sys.argv[1])))
     svc.create_collection("docs")

@@ -1,6 +1,7 @@
 """Bounded, thread-safe LRU caches for model outputs (never for search results).
 
-Two caches sit in front of the model batchers of :class:`~ragserve.service.RetrievalService`:
+Two caches sit in front of the model batchers of the served models
+(:mod:`ragserve.models.manager`), shared by every model of a kind:
 
 * **query embeddings**, keyed by ``(embedder name, query text)``. The embedder adds its query
   prefix itself, so the text plus the model name fully determine the vector.
@@ -12,7 +13,7 @@ Two caches sit in front of the model batchers of :class:`~ragserve.service.Retri
 
 Search results themselves are never cached: every search reads the store.
 
-Each cache counts hits and misses (read at scrape time by :mod:`ragserve.metrics`), and each
+Each cache counts hits and misses (read through ``ModelManager.snapshot()``), and each
 lookup is also added to the :class:`CacheTally` of the current context, if any, so the access
 log can say which caches a request hit (see :func:`tally_cache_lookups`).
 """
@@ -202,17 +203,16 @@ class ModelCaches:
     def rerank_scores(
         self,
         model: str,
-        query: str,
-        passages: Sequence[str],
+        pairs: Sequence[tuple[str, str]],
         score: Callable[[list[tuple[str, str]]], Sequence[float]],
     ) -> list[float]:
-        """One logit per passage; ``score`` is called once with the (query, passage) pairs not
-        in the cache."""
+        """One logit per (query, passage) pair; ``score`` is called once with the pairs not in
+        the cache."""
         if not self.rerank.enabled:
-            return [float(x) for x in score([(query, p) for p in passages])]
+            return [float(x) for x in score(list(pairs))]
 
         def compute(missing: list[int]) -> list[float]:
-            return [float(x) for x in score([(query, passages[i]) for i in missing])]
+            return [float(x) for x in score([pairs[i] for i in missing])]
 
-        keys = [(model, query, passage_digest(p)) for p in passages]
+        keys = [(model, query, passage_digest(passage)) for query, passage in pairs]
         return self.rerank.get_or_compute(keys, compute)

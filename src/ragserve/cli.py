@@ -142,7 +142,8 @@ def models_pull(
             for spec in specs:
                 load = manager.embedder if spec.kind is Kind.EMBEDDER else manager.reranker
                 load(spec.name)
-                console.print(f"{spec.name}: loads in {manager.loads[spec.name].seconds:.2f} s")
+                seconds = {r.name: r.seconds for r in manager.snapshot().loads}[spec.name]
+                console.print(f"{spec.name}: loads in {seconds:.2f} s")
     except RagserveError as exc:
         raise fail(exc) from None
 

@@ -55,7 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -75,7 +75,7 @@ from ragserve.errors import RagserveError
 
 if TYPE_CHECKING:
     from ragserve.admission import Admission
-    from ragserve.batching import MicroBatcher
+    from ragserve.models.manager import ModelsSnapshot
     from ragserve.service import RetrievalService
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ LATENCY_BUCKETS = (
     10.0,
 )
 SEARCH_STAGES = ("embed", "dense", "lexical", "fuse", "rerank", "total")
-QUANTILES = (0.5, 0.95, 0.99)
 #: The route label of requests no route matched (404s, bodies refused before routing).
 UNROUTED = "unrouted"
 
@@ -341,17 +340,6 @@ class Metrics:
 # ------------------------------------------------------------------------------ scrape time
 
 
-def batchers_of(service: RetrievalService) -> dict[str, MicroBatcher[Any, Any]]:
-    """The service's dynamic batchers by name (embed-MODEL, rerank-MODEL)."""
-    # The service keeps them in two private maps; read a copy of each (dict copy is atomic).
-    found: dict[str, MicroBatcher[Any, Any]] = {}
-    for model, batcher in dict(service._query_batchers).items():
-        found[f"embed-{model}"] = batcher
-    for model, reranker in dict(service._rerank_batchers).items():
-        found[f"rerank-{model}"] = reranker
-    return found
-
-
 def rss_bytes() -> int | None:
     """Resident memory of this process (Linux /proc), or None elsewhere."""
     try:
@@ -420,22 +408,23 @@ class ServiceCollector(Collector):
         yield ready
         if service is None:
             return
-        yield from self._models(service)
-        yield from self._caches(service)
-        yield from self._batchers(service)
+        snapshot = service.models.snapshot()
+        yield from self._models(snapshot)
+        yield from self._caches(snapshot)
+        yield from self._batchers(snapshot)
         yield from self._collections(service)
 
-    def _models(self, service: RetrievalService) -> Iterator[Metric]:
+    def _models(self, snapshot: ModelsSnapshot) -> Iterator[Metric]:
         loads = GaugeMetricFamily(
             "ragserve_model_load_seconds",
             "Time taken to load each model.",
             labels=["model", "kind"],
         )
-        for record in list(service.models.loads.values()):
+        for record in snapshot.loads:
             loads.add_metric([record.name, record.kind], record.seconds)
         yield loads
 
-    def _caches(self, service: RetrievalService) -> Iterator[Metric]:
+    def _caches(self, snapshot: ModelsSnapshot) -> Iterator[Metric]:
         labels = ["cache"]
         hits = CounterMetricFamily("ragserve_cache_hits", "Cache lookups that hit.", labels=labels)
         misses = CounterMetricFamily(
@@ -443,15 +432,14 @@ class ServiceCollector(Collector):
         )
         entries = GaugeMetricFamily("ragserve_cache_entries", "Entries held.", labels=labels)
         capacity = GaugeMetricFamily("ragserve_cache_capacity", "Most entries held.", labels=labels)
-        for cache in service.caches.all():
-            stats = cache.stats()
+        for stats in snapshot.caches:
             hits.add_metric([stats.name], stats.hits)
             misses.add_metric([stats.name], stats.misses)
             entries.add_metric([stats.name], stats.size)
             capacity.add_metric([stats.name], stats.capacity)
         yield from (hits, misses, entries, capacity)
 
-    def _batchers(self, service: RetrievalService) -> Iterator[Metric]:
+    def _batchers(self, snapshot: ModelsSnapshot) -> Iterator[Metric]:
         labels = ["batcher"]
         pending = GaugeMetricFamily(
             "ragserve_batcher_pending", "Items waiting for a model call.", labels=labels
@@ -464,18 +452,15 @@ class ServiceCollector(Collector):
             "Items per model call: count = calls, sum = items, quantiles over the last 1024 calls.",
             "summary",
         )
-        for name, batcher in sorted(batchers_of(service).items()):
-            stats = batcher.stats
-            pending.add_metric([name], batcher.pending)
-            rejected.add_metric([name], stats.rejected)
-            recent = list(stats.sizes)
-            if recent:
-                for q, value in zip(QUANTILES, np.quantile(recent, QUANTILES), strict=True):
-                    sizes.add_sample(
-                        "ragserve_batch_size", {"batcher": name, "quantile": str(q)}, float(value)
-                    )
-            sizes.add_sample("ragserve_batch_size_count", {"batcher": name}, stats.batches)
-            sizes.add_sample("ragserve_batch_size_sum", {"batcher": name}, stats.items)
+        for b in snapshot.batchers:
+            pending.add_metric([b.name], b.pending)
+            rejected.add_metric([b.name], b.rejected)
+            for q, value in b.recent_sizes.items():
+                sizes.add_sample(
+                    "ragserve_batch_size", {"batcher": b.name, "quantile": str(q)}, value
+                )
+            sizes.add_sample("ragserve_batch_size_count", {"batcher": b.name}, b.batches)
+            sizes.add_sample("ragserve_batch_size_sum", {"batcher": b.name}, b.items)
         yield from (pending, rejected, sizes)
 
     def _collections(self, service: RetrievalService) -> Iterator[Metric]:

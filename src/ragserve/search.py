@@ -36,8 +36,6 @@ from ragserve.types import JSONDict
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 STAGES = ("embed", "dense", "lexical", "fuse", "rerank", "total")
-EmbedFn = Callable[[Sequence[str]], npt.NDArray[np.float32]]
-RerankFn = Callable[[str, Sequence[str]], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +227,14 @@ class Searcher:
         max_k: int = 1000,
         max_candidates: int = 1000,
         fusion: FusionSpec | None = None,
+        hybrid_instruction: bool = True,
     ) -> None:
         self.store = store
+        #: Whether a hybrid search's query gets the embedder's query instruction (where the
+        #: model's spec marks it optional); dense searches always do. Dense ranking leans on it
+        #: (SciFact nDCG@10 0.7159 with, 0.7076 without); in hybrid, BM25 makes up for it
+        #: (0.7221 / 0.7220) and queries are 8 tokens shorter.
+        self.hybrid_instruction = hybrid_instruction
         #: The fusion of a hybrid search whose request names none.
         self.fusion = (fusion or FusionSpec()).check()
         self.embedder = embedder
@@ -285,22 +289,22 @@ class Searcher:
         collection: str,
         req: SearchRequest,
         *,
-        embed: EmbedFn | None = None,
-        rerank: RerankFn | None = None,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
     ) -> SearchResult:
         """Run ``req`` on ``collection``.
 
-        ``embed`` / ``rerank`` override the searcher's own models (e.g. the service's
-        micro-batched calls for the collection's embedder); one of each must be available for
-        the modes that need it.
+        ``embedder`` / ``reranker`` override the searcher's own (e.g. the service's served
+        models for the collection's embedder); one of each must be available for the modes
+        that need it.
         """
         started = time.perf_counter()
         node = self._check(req)
-        embed_fn = embed or (self.embedder.embed_queries if self.embedder else None)
-        rerank_fn = rerank or (self.reranker.score if self.reranker else None)
-        if req.mode != "lexical" and embed_fn is None:
+        embedder = embedder or self.embedder
+        reranker = reranker or self.reranker
+        if req.mode != "lexical" and embedder is None:
             raise InvalidInput(f"{req.mode} search needs an embedder, and none is configured")
-        if req.rerank and rerank_fn is None:
+        if req.rerank and reranker is None:
             raise InvalidInput("reranking was requested but no reranker is configured")
         timings = dict.fromkeys(STAGES, 0.0)
         # Enough candidates for the page, the reranker and collapsing chunks into documents.
@@ -315,9 +319,10 @@ class Searcher:
             single = min(single * 3, max(self.max_candidates, single))
         legs: list[tuple[str, Sequence[ChunkRef]]] = []
         depth: dict[str, int] = {}
-        if req.mode in ("dense", "hybrid") and embed_fn is not None:
+        if req.mode in ("dense", "hybrid") and embedder is not None:
             t = time.perf_counter()
-            vector = embed_fn([req.query])[0]
+            instruction = req.mode == "dense" or self.hybrid_instruction
+            vector = embedder.embed_queries([req.query], instruction=instruction)[0]
             timings["embed"] = _ms(t)
             t = time.perf_counter()
             count = single if req.mode == "dense" else max(need, _side(req, req.dense_candidates))
@@ -372,7 +377,7 @@ class Searcher:
         # the returned page (not the hundreds of candidates fusion looked at).
         chunks: dict[str, ScoredChunk] = {}
         rerank_info: JSONDict | None = None
-        if req.rerank and rerank_fn is not None and candidates:
+        if req.rerank and reranker is not None and candidates:
             if req.cancelled is not None and req.cancelled():
                 raise ClientGone("the client left before its search was reranked")
             t = time.perf_counter()
@@ -382,7 +387,8 @@ class Searcher:
             )
             head = candidates[: req.rerank_top_n]
             passages = [chunks[c.chunk.chunk_id].text[: req.rerank_max_chars] for c in head]
-            logits = [float(x) for x in rerank_fn(req.query, passages)]
+            pairs = [(req.query, p) for p in passages]
+            logits = [float(x) for x in reranker.score_pairs(pairs)]
             signals = head_signals(req.mode, weights, req.rerank_retrieval_weight)
             if req.explain:
                 by_logit = _ranks(logits)

@@ -15,17 +15,13 @@ import hashlib
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ragserve.batching import MicroBatcher
-from ragserve.caching import ModelCaches
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, ModelUnavailable, RagserveError
 from ragserve.fusion import settings_fusion
@@ -37,9 +33,9 @@ from ragserve.ingest.chunking import (
 )
 from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
-from ragserve.models.embedder import Embedder, OnnxEmbedder, Vectors, check_text, check_texts
+from ragserve.models.embedder import Embedder, Vectors, check_text, check_texts
 from ragserve.models.manager import ModelManager
-from ragserve.models.reranker import OnnxReranker, Reranker, Scores
+from ragserve.models.reranker import Reranker, Scores
 from ragserve.roles import check_remote_models, has_store, no_store
 from ragserve.search import Searcher, SearchRequest, SearchResult
 from ragserve.store.base import CollectionInfo, Store, StoredDocument, open_store
@@ -97,21 +93,21 @@ def document_id_for(text: str) -> str:
 
 
 class RetrievalService:
-    """Owns the models, the store and the batchers of one process. Thread-safe.
+    """Orchestrates ingest and search over the served models and the store. Thread-safe.
 
     It does not shed load: how many searches, ingests and model calls run at once, and how
     long a request may wait, is decided in front of it (:mod:`ragserve.admission`)."""
 
     def __init__(self, settings: Settings, models: ModelManager, store: Store) -> None:
         self.settings = settings
+        #: The served models: batched, cached, each loaded under its own lock.
         self.models = models
         self.store = store
-        self._query_batchers: dict[str, MicroBatcher[tuple[str, bool], Vectors]] = {}
-        self._rerank_batchers: dict[str, MicroBatcher[tuple[str, str], float]] = {}
-        self._lock = threading.Lock()
-        self._searcher = Searcher(store, fusion=settings_fusion(settings))
-        #: LRU caches of model outputs (query vectors, rerank logits); never of search results.
-        self.caches = ModelCaches(settings.query_cache_size, settings.rerank_cache_size)
+        self._searcher = Searcher(
+            store,
+            fusion=settings_fusion(settings),
+            hybrid_instruction=settings.hybrid_query_instruction,
+        )
 
     @classmethod
     def open(cls, settings: Settings, *, load_models: bool = True) -> RetrievalService:
@@ -126,18 +122,15 @@ class RetrievalService:
         """Load the default embedder (and the reranker when it loads eagerly); check remote ones
         against their servers and the collections (:func:`ragserve.roles.check_remote_models`)."""
         s = self.settings
-        embedder = self.models.embedder(s.embedder)
+        embedder = self.models.embedder(s.embedder).model
         reranker = None
         if s.reranker_load == "eager" or (s.reranker_url and s.reranker_load != "off"):
-            reranker = self.models.reranker(s.reranker)
+            reranker = self.models.reranker(s.reranker).model
         if has_store(s.role):
             check_remote_models(embedder, reranker, self.store.list_collections())
 
     def close(self) -> None:
-        for batcher in self._query_batchers.values():
-            batcher.close()
-        for rerank_batcher in self._rerank_batchers.values():
-            rerank_batcher.close()
+        self.models.close()
         self.store.close()
 
     # ------------------------------------------------------------------ models
@@ -150,79 +143,6 @@ class RetrievalService:
             raise InvalidInput("reranking is disabled on this server (RAGSERVE_RERANKER_LOAD=off)")
         return self.models.reranker(name or self.settings.reranker)
 
-    def _query_batcher(self, name: str) -> MicroBatcher[tuple[str, bool], Vectors]:
-        """The model's batcher of (query, with instruction) items (see :meth:`embed_queries`)."""
-        with self._lock:
-            batcher = self._query_batchers.get(name)
-            if batcher is None:
-                embedder = self.embedder(name)
-
-                def run(items: Sequence[tuple[str, bool]]) -> list[Vectors]:
-                    out: list[Vectors] = [np.empty(0, np.float32)] * len(items)
-                    for instruction in (True, False):
-                        at = [i for i, item in enumerate(items) if item[1] is instruction]
-                        if not at:
-                            continue
-                        texts = [items[i][0] for i in at]
-                        if instruction:
-                            vectors = embedder.embed_queries(texts)
-                        else:  # only for specs with an optional prefix: OnnxEmbedder's
-                            plain = cast(OnnxEmbedder, embedder)
-                            vectors = plain.embed_queries(texts, instruction=False)
-                        for i, vector in zip(at, vectors, strict=True):
-                            out[i] = vector
-                    return out
-
-                batcher = MicroBatcher(
-                    run,
-                    max_batch=self.settings.max_batch_size,
-                    max_pending=self._backstop(query_texts=True),
-                    name=f"embed-{name}",
-                    workers=self._embed_workers(),
-                )
-                self._query_batchers[name] = batcher
-            return batcher
-
-    def _rerank_batcher(self, name: str) -> MicroBatcher[tuple[str, str], float]:
-        with self._lock:
-            batcher = self._rerank_batchers.get(name)
-            if batcher is None:
-                reranker = self.models.reranker(name)
-
-                def run(pairs: Sequence[tuple[str, str]]) -> list[float]:
-                    return [float(x) for x in score_pairs(reranker, pairs)]
-
-                batcher = MicroBatcher(
-                    run,
-                    max_batch=max(self.settings.max_batch_size, 200),
-                    max_pending=self._backstop(query_texts=False),
-                    name=f"rerank-{name}",
-                )
-                self._rerank_batchers[name] = batcher
-            return batcher
-
-    def _embed_workers(self) -> int:
-        """Query batches embedded at once: one per core run, or, when a model server embeds,
-        one per admitted search, so none waits behind another's call and each answers (or
-        503s) within ``RAGSERVE_EMBEDDER_TIMEOUT``; batches still form while all are busy."""
-        if self.settings.embedder_url:
-            return max(self.settings.embedder_runs, self.settings.search_workers)
-        return self.settings.embedder_runs
-
-    def _backstop(self, *, query_texts: bool) -> int:
-        """Items one model batcher may hold: all that the admitted requests can submit at once.
-
-        Admission control (:mod:`ragserve.admission`, at the HTTP edge) bounds the requests
-        that reach the models; this bound only stops a library caller's flood (429)."""
-        s = self.settings
-        if query_texts:  # a search: one query; /v1/embeddings: up to a request's inputs
-            return (
-                s.search_workers
-                + s.rerank_workers
-                + s.embeddings_workers * s.max_documents_per_request
-            )
-        return s.rerank_workers * max(s.max_documents_per_request, 200)  # 200: rerank_top_n
-
     def embed_queries(
         self, texts: Sequence[str], model: str | None = None, *, instruction: bool = True
     ) -> Vectors:
@@ -231,16 +151,7 @@ class RetrievalService:
         ``instruction=False`` leaves out the query instruction where the model's spec marks it
         optional (an embedder without that notion always gets its usual query form).
         """
-        check_texts(texts, "query")  # before joining a batch shared with other requests
-        embedder = self.embedder(model)
-        name = embedder.name
-        spec = getattr(embedder, "spec", None)
-        instruction = instruction or not getattr(spec, "query_prefix_optional", False)
-        key = name if instruction else f"{name} (no instruction)"
-        rows = self.caches.query_vectors(
-            key, texts, lambda miss: self._query_batcher(name)([(t, instruction) for t in miss])
-        )
-        return np.stack(rows) if rows else np.zeros((0, embedder.dimension), "float32")
+        return self.embedder(model).embed_queries(texts, instruction=instruction)
 
     def embed_documents(self, texts: Sequence[str], model: str | None = None) -> Vectors:
         return self.embedder(model).embed_documents(texts)
@@ -251,11 +162,7 @@ class RetrievalService:
         Cached per (reranker, query, passage hash): changed or deleted chunks can't be hit."""
         check_text(query, "query")  # before joining a batch shared with other requests
         check_texts(passages, "documents")
-        name = self.reranker(model).name
-        scores = self.caches.rerank_scores(
-            name, query, passages, lambda pairs: self._rerank_batcher(name)(pairs)
-        )
-        return np.asarray(scores, dtype=np.float32)
+        return self.reranker(model).score_pairs([(query, p) for p in passages])
 
     # ------------------------------------------------------------------ collections
 
@@ -418,18 +325,9 @@ class RetrievalService:
         if len(request.query) > self.settings.max_query_chars:
             raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
         check_text(request.query, "query")
-
-        # Dense ranking leans on the instruction (SciFact nDCG@10 0.7159 with, 0.7076 without);
-        # in hybrid, BM25 makes up for it (0.7221 / 0.7220) and queries are 8 tokens shorter.
-        instruction = request.mode == "dense" or self.settings.hybrid_query_instruction
-
-        def embed(texts: Sequence[str]) -> Vectors:
-            return self.embed_queries(texts, name, instruction=instruction)
-
-        def rerank(query: str, passages: Sequence[str]) -> Scores:
-            return self.rerank(query, passages)
-
-        return self._searcher.search(collection, request, embed=embed, rerank=rerank)
+        embedder = self.embedder(name) if request.mode != "lexical" else None
+        reranker = self.reranker() if request.rerank else None
+        return self._searcher.search(collection, request, embedder=embedder, reranker=reranker)
 
 
 def limit_blas_threads(threads: int) -> None:
@@ -460,20 +358,3 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 _M_ARENA_MAX = -8
-
-
-def score_pairs(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> Scores:
-    """Score (query, passage) pairs from several queries in as few model calls as possible.
-
-    :class:`~ragserve.models.reranker.OnnxReranker` takes mixed pairs in one call; any other
-    :class:`Reranker` is called once per query.
-    """
-    if isinstance(reranker, OnnxReranker):
-        return reranker.score_pairs(pairs)
-    out = np.empty(len(pairs), dtype=np.float32)
-    by_query: dict[str, list[int]] = {}
-    for i, (query, _) in enumerate(pairs):
-        by_query.setdefault(query, []).append(i)
-    for query, idx in by_query.items():
-        out[idx] = reranker.score(query, [pairs[i][1] for i in idx])
-    return out

@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ragserve.api import routes
-from tests.api.conftest import error_of, make_service, make_settings, ready_client
 from tests.api.test_http import _BlockingEmbedder
-from tests.fakes import wait_until
+from tests.fakes import error_of, make_service, make_settings, ready_client, wait_until
 
 DOCS = {"documents": [{"id": "a", "text": "octopus hearts"}, {"id": "b", "text": "rust"}]}
 

@@ -401,10 +401,10 @@ class _BlockingEmbedder:
     def embed_documents(self, texts: Any) -> Any:
         return self.inner.embed_documents(texts)
 
-    def embed_queries(self, texts: Any) -> Any:
+    def embed_queries(self, texts: Any, *, instruction: bool = True) -> Any:
         self.entered.set()
         assert self.release.wait(30)
-        return self.inner.embed_queries(texts)
+        return self.inner.embed_queries(texts, instruction=instruction)
 
     def token_spans(self, text: str) -> Any:
         return self.inner.token_spans(text)

@@ -317,7 +317,7 @@ class GatedQueries(FakeEmbedder):
         self.gate = threading.Event()
         self.finished = threading.Event()
 
-    def embed_queries(self, texts: Sequence[str]) -> Any:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Any:
         self.entered.set()
         assert self.gate.wait(30)
         try:

@@ -43,13 +43,13 @@ class SleepyEmbedder(FakeEmbedder):
         super().__init__(64, "fake-embedder")
         self.seconds = seconds
 
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> np.ndarray:
         time.sleep(self.seconds)
         return super().embed_queries(texts)
 
 
 class BrokenEmbedder(FakeEmbedder):
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> np.ndarray:
         raise RuntimeError("boom")
 
 

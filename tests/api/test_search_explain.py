@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import error_of, make_service, make_settings, ready_client
+from tests.fakes import error_of, make_service, make_settings, ready_client
 
 LONG = " ".join(
     f"Paragraph {i} talks about topic{i} and the memory safety of systems languages."

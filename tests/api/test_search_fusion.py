@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import error_of, make_service, make_settings, ready_client
+from tests.fakes import error_of, make_service, make_settings, ready_client
 
 DOCS = [
     {"id": "rust", "text": "Rust is a systems programming language focused on memory safety."},

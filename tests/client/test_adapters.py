@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ragserve.client import AsyncClient, Client
-from tests.api.conftest import make_service, make_settings
 from tests.api.test_http_edges import live_server
+from tests.fakes import make_service, make_settings
 
 pytestmark = pytest.mark.integration
 

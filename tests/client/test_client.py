@@ -15,9 +15,8 @@ import pytest
 
 from ragserve import errors
 from ragserve.client import AsyncClient, Client, Progress, RetryPolicy
-from tests.api.conftest import make_service, make_settings
 from tests.api.test_http_edges import live_server
-from tests.fakes import FakeReranker
+from tests.fakes import FakeReranker, make_service, make_settings
 from tests.test_server_e2e import DOCS, run_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -165,10 +164,10 @@ class BlockingReranker(FakeReranker):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def score(self, query: str, passages: Any) -> Any:
+    def score_pairs(self, pairs: Any) -> Any:
         self.entered.set()
         assert self.release.wait(30)
-        return super().score(query, passages)
+        return super().score_pairs(pairs)
 
 
 def test_429_is_retried_after_what_retry_after_asks(tmp_path: Path) -> None:

@@ -188,14 +188,16 @@ def test_properties(doc: Document, chunk_tokens: int, data: st.DataObject) -> No
 def test_real_bge_tokenizer_limits() -> None:
     from ragserve.config import Settings
     from ragserve.errors import ModelNotCached
+    from ragserve.models.catalog import Catalog
     from ragserve.models.embedder import OnnxEmbedder
-    from ragserve.models.manager import ModelManager
+    from ragserve.models.manager import model_cache
 
+    settings = Settings()
     try:
-        embedder = ModelManager.from_settings(Settings()).embedder("bge-small-en-v1.5")
+        cached = model_cache(settings).verify(Catalog.load(None).get("bge-small-en-v1.5"))
     except ModelNotCached:
         pytest.skip("bge-small-en-v1.5 is not cached: ragserve models pull bge-small-en-v1.5")
-    assert isinstance(embedder, OnnxEmbedder)
+    embedder = OnnxEmbedder(cached)
     para = (
         "Dense retrieval embeds passages with a bi-encoder (e.g. BGE-small, 384-d). "
         "Überraschend: naïve café résumé — 3.5% of queries fail! Why? Because tokenizers split "

@@ -271,7 +271,7 @@ def test_disk_full_is_507_nothing_half_stored_and_recovers_without_restart(
 def test_http_ingest_on_a_full_disk_is_507_with_each_documents_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.api.conftest import make_service, make_settings, ready_client
+    from tests.fakes import make_service, make_settings, ready_client
 
     monkeypatch.setattr(sqlite_health, "PROBE_INTERVAL", 0.0)
     service = make_service(make_settings(tmp_path))

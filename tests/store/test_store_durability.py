@@ -19,6 +19,7 @@ import pytest
 from ragserve.filters import matches, parse_filter
 from ragserve.search import Searcher, SearchRequest
 from ragserve.store.sqlite import SqliteStore
+from tests.fakes import PresetEmbedder
 
 DIM = 16
 THRESHOLD = 60  # the collection crosses into the HNSW index early in the run
@@ -143,7 +144,7 @@ def check_after_restart(store: SqliteStore, acked: dict[str, tuple[int, int]]) -
             hybrid = searcher.search(
                 "c",
                 SearchRequest(f"tok{seed}x{j}", top_k=1),
-                embed=lambda _texts, vec=v[j]: vec[None, :],
+                embedder=PresetEmbedder(v[j]),
             )
             assert hybrid.hits[0].chunk_id == chunk_id
     # No half documents: every stored document has all the chunks its writer gave it.

@@ -131,7 +131,7 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state.readiness
     loads = {}
     if state.service is not None:
-        loads = {name: rec.seconds for name, rec in state.service.models.loads.items()}
+        loads = {rec.name: rec.seconds for rec in state.service.models.snapshot().loads}
     ready, reason = state.status()
     body = s.Readiness(
         status="ready" if ready else "not_ready", reason=None if ready else reason, models=loads
@@ -427,8 +427,7 @@ def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     # Counted on what the model is given (each text cut at max_length x 64 characters, see
     # models.embedder): a 60 MB input no longer costs a minute of tokenizing to be counted.
-    spec = getattr(embedder, "spec", None)
-    keep = spec.max_length * CHARS_PER_TOKEN_KEPT if spec is not None else None
+    keep = svc.models.catalog.get(embedder.name).max_length * CHARS_PER_TOKEN_KEPT
     tokens = sum(len(embedder.token_spans(t[:keep])) for t in texts)
     data = []
     for i, vec in enumerate(vectors.astype(np.float32)):

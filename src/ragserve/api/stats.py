@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ragserve.api.auth import require_key
 from ragserve.api.schemas import ErrorResponse
 from ragserve.errors import RagserveError
-from ragserve.metrics import CONTENT_TYPE_LATEST, Metrics, Percentiles, batchers_of, rss_bytes
+from ragserve.metrics import CONTENT_TYPE_LATEST, Metrics, Percentiles, rss_bytes
 from ragserve.service import RetrievalService
 
 monitoring_router = APIRouter(
@@ -122,31 +122,28 @@ def build_stats(metrics: Metrics, service: RetrievalService | None) -> Stats:
     )
     if service is None:
         return stats
-    for cache in service.caches.all():
-        c = cache.stats()
+    snapshot = service.models.snapshot()
+    for c in snapshot.caches:
         rate = None if c.hit_rate is None else round(c.hit_rate, 6)
         stats.caches[c.name] = CacheView(
             capacity=c.capacity, entries=c.size, hits=c.hits, misses=c.misses, hit_rate=rate
         )
-    for record in list(service.models.loads.values()):
+    for record in snapshot.loads:
         stats.models[record.name] = ModelView(
             kind=record.kind, load_seconds=round(record.seconds, 4)
         )
-    for name, batcher in sorted(batchers_of(service).items()):
-        b = batcher.stats
-        sizes = sorted(b.sizes)
-        stats.batchers[name] = BatcherView(
-            pending=batcher.pending,
-            max_pending=batcher.max_pending,
+    for b in snapshot.batchers:
+        mean = b.mean_size
+        stats.batchers[b.name] = BatcherView(
+            pending=b.pending,
+            max_pending=b.max_pending,
             batches=b.batches,
             items=b.items,
             largest=b.largest,
             rejected=b.rejected,
-            mean_size=round(b.items / b.batches, 3) if b.batches else None,
-            recent_p50_size=float(sizes[len(sizes) // 2]) if sizes else None,
-            recent_p95_size=float(sizes[min(len(sizes) - 1, int(len(sizes) * 0.95))])
-            if sizes
-            else None,
+            mean_size=None if mean is None else round(mean, 3),
+            recent_p50_size=b.recent_sizes.get(0.5),
+            recent_p95_size=b.recent_sizes.get(0.95),
         )
     try:
         for info in service.list_collections():

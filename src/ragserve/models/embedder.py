@@ -27,7 +27,11 @@ Vectors = npt.NDArray[np.float32]
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns texts into unit vectors of a fixed dimension."""
+    """Turns texts into unit vectors of a fixed dimension.
+
+    Implementations: :class:`OnnxEmbedder` (a local model), the served wrapper every caller gets
+    from :class:`~ragserve.models.manager.ModelManager` (batched, cached), fakes in tests.
+    """
 
     @property
     def name(self) -> str: ...
@@ -37,9 +41,9 @@ class Embedder(Protocol):
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors: ...
 
-    def embed_queries(self, texts: Sequence[str]) -> Vectors:
-        """Query embeddings. An embedder whose spec marks its query prefix optional also takes
-        ``instruction=False`` (the service passes it to no other)."""
+    def embed_queries(self, texts: Sequence[str], *, instruction: bool = True) -> Vectors:
+        """Query embeddings. ``instruction=False`` leaves out the query prefix where the model's
+        spec marks it optional; every other embedder ignores it."""
         ...
 
     def token_spans(self, text: str) -> Sequence[tuple[int, int]] | npt.NDArray[np.integer]:

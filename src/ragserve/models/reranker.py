@@ -24,13 +24,18 @@ def sigmoid(logits: Scores) -> Scores:
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Scores (query, passage) pairs; higher is more relevant."""
+    """Scores (query, passage) pairs; higher is more relevant.
+
+    Implementations: :class:`OnnxReranker`, the served wrapper from
+    :class:`~ragserve.models.manager.ModelManager` (batched, cached), fakes in tests.
+    """
 
     @property
     def name(self) -> str: ...
 
-    def score(self, query: str, passages: Sequence[str]) -> Scores:
-        """Raw logits, one per passage, in the order given. ``sigmoid`` maps them to 0..1."""
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Scores:
+        """Raw logits, one per pair, in the order given; the pairs may come from different
+        queries. ``sigmoid`` maps them to 0..1."""
         ...
 
 
@@ -64,6 +69,7 @@ class OnnxReranker:
         return self.spec.name
 
     def score(self, query: str, passages: Sequence[str]) -> Scores:
+        """Logits of ``passages`` for one query."""
         return self.score_pairs([(query, p) for p in passages])
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Scores:
