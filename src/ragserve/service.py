@@ -18,12 +18,13 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, ModelUnavailable, RagserveError
+from ragserve.errors import InvalidInput, ModelUnavailable, PayloadTooLarge, RagserveError
 from ragserve.fusion import settings_fusion
 from ragserve.ingest.chunking import (
     chunk_document,
@@ -31,11 +32,19 @@ from ragserve.ingest.chunking import (
     content_hash,
     embedding_text,
 )
+from ragserve.ingest.parsers import check_chars
+from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure
 from ragserve.models.catalog import Kind
-from ragserve.models.embedder import Embedder, Vectors, check_text, check_texts
+from ragserve.models.embedder import (
+    CHARS_PER_TOKEN_KEPT,
+    Embedder,
+    Vectors,
+    check_text,
+    check_texts,
+)
 from ragserve.models.manager import ModelManager
-from ragserve.models.reranker import Reranker, Scores
+from ragserve.models.reranker import Reranker, Scores, sigmoid
 from ragserve.roles import check_remote_models, has_store, no_store
 from ragserve.search import Searcher, SearchRequest, SearchResult
 from ragserve.store.base import CollectionInfo, Store, StoredDocument, open_store
@@ -87,6 +96,36 @@ class _Prepared:
     source: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: Vectors
+    model: str
+    #: Tokens the model was given (what the OpenAI API calls prompt tokens).
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    index: int
+    relevance_score: float
+    logit: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reranked:
+    model: str
+    results: tuple[Ranked, ...]
+
+
+class DocumentRecord(Protocol):
+    """A document as a client sends it (JSON): the id is optional."""
+
+    id: str | None
+    text: str
+    title: str | None
+    metadata: dict[str, Any]
+
+
 def document_id_for(text: str) -> str:
     """The id given to a document posted without one: stable, so re-posting is idempotent."""
     return "doc-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
@@ -105,6 +144,7 @@ class RetrievalService:
         self.store = store
         self._searcher = Searcher(
             store,
+            max_k=settings.max_top_k,
             fusion=settings_fusion(settings),
             hybrid_instruction=settings.hybrid_query_instruction,
         )
@@ -163,6 +203,87 @@ class RetrievalService:
         check_text(query, "query")  # before joining a batch shared with other requests
         check_texts(passages, "documents")
         return self.reranker(model).score_pairs([(query, p) for p in passages])
+
+    # ------------------------------------------------------------------ model calls of the API
+
+    def embeddings(
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        *,
+        query: bool = False,
+        instruction: bool = True,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        """Embeddings of ``texts`` as documents (or as queries), optionally cut to their first
+        ``dimensions`` and renormalised (Matryoshka-style), with the tokens the model saw."""
+        if not texts:
+            raise InvalidInput("input must not be empty")
+        self._check_count(len(texts), "inputs")
+        check_texts(texts, "input")  # a bad text fails this request alone, not its batch-mates
+        embedder = self.embedder(model)
+        if dimensions is not None and dimensions > embedder.dimension:
+            raise InvalidInput(
+                f"dimensions must be at most {embedder.dimension} for model {embedder.name}"
+            )
+        if query:
+            vectors = embedder.embed_queries(texts, instruction=instruction)
+        else:
+            vectors = embedder.embed_documents(texts)
+        if dimensions is not None and dimensions < embedder.dimension:
+            vectors = vectors[:, :dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        # Counted on what the model is given (each text cut at max_length x 64 characters, see
+        # models.embedder): a 60 MB input no longer costs a minute of tokenizing to be counted.
+        keep = self.models.catalog.get(embedder.name).max_length * CHARS_PER_TOKEN_KEPT
+        tokens = sum(len(embedder.token_spans(t[:keep])) for t in texts)
+        return Embeddings(np.asarray(vectors, dtype=np.float32), embedder.name, tokens)
+
+    def rerank_documents(
+        self, query: str, documents: Sequence[str], model: str | None = None, *, top_n: int | None
+    ) -> Reranked:
+        """``documents`` ranked for ``query``, best first, cut to ``top_n``; each with its raw
+        logit and its sigmoid as the relevance score (0..1)."""
+        self._check_count(len(documents), "documents")
+        self._check_query(query)
+        logits = self.rerank(query, documents, model)
+        scores = sigmoid(logits)
+        order = np.argsort(-logits, kind="stable")[: top_n or len(documents)]
+        ranked = tuple(Ranked(int(i), float(scores[i]), float(logits[i])) for i in order)
+        return Reranked(self.reranker(model).name, ranked)
+
+    def documents_from_records(
+        self, records: Sequence[DocumentRecord]
+    ) -> list[Document | IngestFailure]:
+        """Documents given as records (JSON): each checked as a record of an uploaded JSONL file
+        is, so one bad document fails alone; one without an id gets :func:`document_id_for`."""
+        self._check_count(len(records), "documents in one request")
+        s = self.settings
+        items: list[Document | IngestFailure] = []
+        for index, r in enumerate(records):
+            where = r.id or f"documents[{index}]"
+            try:
+                check_record(where, r.text, r.title, r.metadata, s.max_document_bytes)
+                check_chars(len(r.text), s.max_document_chars)
+            except RagserveError as exc:
+                items.append(IngestFailure.of(where, exc))
+                continue
+            doc_id = r.id or document_id_for(r.text)
+            items.append(Document(id=doc_id, text=r.text, title=r.title, metadata=r.metadata))
+        return items
+
+    # ------------------------------------------------------------------ limits
+
+    def _check_count(self, count: int, what: str) -> None:
+        """``RAGSERVE_MAX_DOCUMENTS_PER_REQUEST``: documents, files, inputs of one request."""
+        most = self.settings.max_documents_per_request
+        if count > most:
+            raise PayloadTooLarge(f"{count} {what}; the limit is {most}")
+
+    def _check_query(self, query: str) -> None:
+        if len(query) > self.settings.max_query_chars:
+            raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
+        check_text(query, "query")
 
     # ------------------------------------------------------------------ collections
 
@@ -319,12 +440,10 @@ class RetrievalService:
     # ------------------------------------------------------------------ search
 
     def search(self, collection: str, request: SearchRequest) -> SearchResult:
+        """Run one search; ``top_k`` and the other request limits are checked by the searcher
+        (``RAGSERVE_MAX_TOP_K``), the query's length here."""
         name = self.store.collection_embedder(collection)
-        if request.top_k > self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be at most {self.settings.max_top_k}")
-        if len(request.query) > self.settings.max_query_chars:
-            raise InvalidInput(f"query is longer than {self.settings.max_query_chars} characters")
-        check_text(request.query, "query")
+        self._check_query(request.query)
         embedder = self.embedder(name) if request.mode != "lexical" else None
         reranker = self.reranker() if request.rerank else None
         return self._searcher.search(collection, request, embedder=embedder, reranker=reranker)

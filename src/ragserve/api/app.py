@@ -53,6 +53,10 @@ class Readiness:
     service: RetrievalService | None = None
     on_failure: Callable[[str], None] | None = None
 
+    def running(self) -> RetrievalService | None:
+        """The service once it is ready to serve; None while starting or after a failure."""
+        return self.service if self.ready else None
+
     def status(self) -> tuple[bool, str]:
         """What ``/readyz`` answers: loaded, and the store able to take writes."""
         if not self.ready:
@@ -152,6 +156,6 @@ def create_app(
     app.include_router(admin_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
-        metrics = install_observability(app, lambda: state.service if state.ready else None)
+        metrics = install_observability(app, state.running)
         metrics.registry.register(AdmissionCollector(admission))
     return app

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -23,17 +20,12 @@ from ragserve.api import schemas as s
 from ragserve.api.auth import principal_of, require_key
 from ragserve.api.search_io import search_json, search_request
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, PayloadTooLarge, RagserveError, Unavailable
+from ragserve.errors import InvalidInput, PayloadTooLarge, Unavailable
 from ragserve.fusion import settings_fusion
 from ragserve.ingest.limits import Limits
-from ragserve.ingest.parsers import check_chars
-from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure, Item
 from ragserve.ingest.worker import ParsePool
-from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, check_text, check_texts
-from ragserve.models.reranker import sigmoid
-from ragserve.service import RetrievalService, document_id_for
-from ragserve.store.base import CollectionInfo
+from ragserve.service import RetrievalService
 from ragserve.types import Document
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -56,9 +48,9 @@ async def service(request: Request) -> RetrievalService:
     """The running service (async: nothing here blocks, and a sync dependency would cost every
     request a round trip through the thread pool)."""
     state = request.app.state.readiness
-    if not state.ready or state.service is None:
+    svc: RetrievalService | None = state.running()
+    if svc is None:
         raise Unavailable(f"not ready: {state.reason}")
-    svc: RetrievalService = state.service
     return svc
 
 
@@ -142,22 +134,12 @@ async def readyz(request: Request) -> JSONResponse:
 # ------------------------------------------------------------------------------ collections
 
 
-def _collection(info: CollectionInfo) -> s.Collection:
-    return s.Collection(
-        name=info.name,
-        embedder=info.embedder,
-        dimension=info.dimension,
-        documents=info.documents,
-        chunks=info.chunks,
-    )
-
-
 @collections_router.post(
     "", operation_id="create_collection", response_model=s.Collection, status_code=201
 )
 def create_collection(body: s.CollectionCreate, svc: Service) -> s.Collection:
     """Create a collection bound to an embedder (idempotent for the same embedder)."""
-    return _collection(svc.create_collection(body.name, body.embedder))
+    return s.Collection.model_validate(svc.create_collection(body.name, body.embedder))
 
 
 @collections_router.get("", operation_id="list_collections", response_model=s.CollectionList)
@@ -165,13 +147,15 @@ def list_collections(svc: Service, request: Request) -> s.CollectionList:
     """The collections the request's key reaches."""
     key = principal_of(request)
     return s.CollectionList(
-        collections=[_collection(c) for c in svc.list_collections() if key.reaches(c.name)]
+        collections=[
+            s.Collection.model_validate(c) for c in svc.list_collections() if key.reaches(c.name)
+        ]
     )
 
 
 @collections_router.get("/{name}", operation_id="get_collection", response_model=s.Collection)
 def get_collection(name: CollectionName, svc: Service) -> s.Collection:
-    return _collection(svc.get_collection(name))
+    return s.Collection.model_validate(svc.get_collection(name))
 
 
 @collections_router.delete("/{name}", operation_id="delete_collection", status_code=204)
@@ -238,10 +222,10 @@ async def _documents_from_request(
     if not content_type.startswith("application/json"):
         raise InvalidInput("send application/json or multipart/form-data")
     raw = await request.body()
-    return await to_thread.run_sync(_json_documents, raw, settings)
+    return await to_thread.run_sync(_json_documents, raw, svc)
 
 
-def _json_documents(raw: bytes, settings: Settings) -> list[Document | IngestFailure]:
+def _json_documents(raw: bytes, svc: RetrievalService) -> list[Document | IngestFailure]:
     """The documents of a JSON body, each checked (on a worker thread: a body may be 64 MB)."""
     try:
         # json.loads, as FastAPI parses the other routes' bodies: a lone surrogate escape is
@@ -253,23 +237,7 @@ def _json_documents(raw: bytes, settings: Settings) -> list[Document | IngestFai
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
         raise StarletteHTTPException(400, f"request body is not valid JSON: {exc}") from None
-    most = settings.max_documents_per_request
-    if len(body.documents) > most:
-        raise PayloadTooLarge(
-            f"{len(body.documents)} documents in one request; the limit is {most}"
-        )
-    items: list[Document | IngestFailure] = []
-    for index, d in enumerate(body.documents):
-        where = d.id or f"documents[{index}]"
-        try:  # as a record of an uploaded JSONL file: one bad document fails alone
-            check_record(where, d.text, d.title, d.metadata, settings.max_document_bytes)
-            check_chars(len(d.text), settings.max_document_chars)
-        except RagserveError as exc:
-            items.append(IngestFailure.of(where, exc))
-            continue
-        doc_id = d.id or document_id_for(d.text)
-        items.append(Document(id=doc_id, text=d.text, title=d.title, metadata=d.metadata))
-    return items
+    return svc.documents_from_records(body.documents)
 
 
 @dataclass
@@ -314,12 +282,7 @@ async def add_documents(
     has that status, the error, and still one result per document: those stored say so."""
     items = await _documents_from_request(request, svc)
     results = await admitted(request, Kind.INGEST, lambda: svc.ingest(name, items))
-    out = s.DocumentsOut(
-        results=[
-            s.DocumentResult(id=r.id, status=r.status, chunks=r.chunks, error=r.error)
-            for r in results
-        ]
-    )
+    out = s.DocumentsOut(results=[s.DocumentResult.model_validate(r) for r in results])
     refused = next((r for r in results if r.error_type in _STORE_REFUSALS), None)
     if refused is None:
         return out
@@ -344,24 +307,7 @@ _STORE_REFUSALS = {
     response_model=s.DocumentOut,
 )
 def get_document(name: CollectionName, document_id: DocumentId, svc: Service) -> s.DocumentOut:
-    doc = svc.get_document(name, document_id)
-    return s.DocumentOut(
-        id=doc.id,
-        title=doc.title,
-        metadata=doc.metadata,
-        content_hash=doc.content_hash,
-        chunks=[
-            s.ChunkOut(
-                chunk_id=c.id,
-                index=c.index,
-                text=c.text,
-                start=c.start,
-                end=c.end,
-                metadata=c.metadata,
-            )
-            for c in doc.chunks
-        ],
-    )
+    return s.DocumentOut.model_validate(svc.get_document(name, document_id))
 
 
 @collections_router.delete(
@@ -405,41 +351,14 @@ async def embeddings(body: s.EmbeddingsIn, svc: Service, request: Request) -> Re
 
 
 def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts:
-        raise InvalidInput("input must not be empty")
-    if len(texts) > svc.settings.max_documents_per_request:
-        raise PayloadTooLarge(
-            f"{len(texts)} inputs; the limit is {svc.settings.max_documents_per_request}"
-        )
-    check_texts(texts, "input")  # a bad text fails this request alone, not its batch-mates
-    embedder = svc.embedder(body.model)
-    if body.dimensions is not None and body.dimensions > embedder.dimension:
-        raise InvalidInput(
-            f"dimensions must be at most {embedder.dimension} for model {embedder.name}"
-        )
-    if body.input_type == "query":
-        vectors = svc.embed_queries(texts, embedder.name, instruction=body.instruction)
-    else:
-        vectors = svc.embed_documents(texts, embedder.name)
-    if body.dimensions is not None and body.dimensions < embedder.dimension:
-        vectors = vectors[:, : body.dimensions]
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    # Counted on what the model is given (each text cut at max_length x 64 characters, see
-    # models.embedder): a 60 MB input no longer costs a minute of tokenizing to be counted.
-    keep = svc.models.catalog.get(embedder.name).max_length * CHARS_PER_TOKEN_KEPT
-    tokens = sum(len(embedder.token_spans(t[:keep])) for t in texts)
-    data = []
-    for i, vec in enumerate(vectors.astype(np.float32)):
-        value: list[float] | str = (
-            base64.b64encode(vec.tobytes()).decode()
-            if body.encoding_format == "base64"
-            else [float(x) for x in vec]
-        )
-        data.append(s.EmbeddingItem(index=i, embedding=value))
-    return s.EmbeddingsOut(
-        data=data, model=embedder.name, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens)
+    result = svc.embeddings(
+        [body.input] if isinstance(body.input, str) else body.input,
+        body.model,
+        query=body.input_type == "query",
+        instruction=body.instruction,
+        dimensions=body.dimensions,
     )
+    return s.EmbeddingsOut.of(result, body.encoding_format)
 
 
 @models_router.post("/rerank", operation_id="rerank", response_model=s.RerankOut)
@@ -450,27 +369,5 @@ async def rerank(body: s.RerankIn, svc: Service, request: Request) -> Response:
 
 def _rerank(body: s.RerankIn, svc: RetrievalService) -> s.RerankOut:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    if len(texts) > svc.settings.max_documents_per_request:
-        raise PayloadTooLarge(
-            f"{len(texts)} documents; the limit is {svc.settings.max_documents_per_request}"
-        )
-    if len(body.query) > svc.settings.max_query_chars:
-        raise InvalidInput(f"query is longer than {svc.settings.max_query_chars} characters")
-    check_text(body.query, "query")  # a bad text fails this request alone, not its batch-mates
-    check_texts(texts, "documents")
-    logits = svc.rerank(body.query, texts, body.model)
-    scores = sigmoid(logits)
-    order = np.argsort(-logits, kind="stable")[: body.top_n or len(texts)]
-    return s.RerankOut(
-        id=str(uuid.uuid4()),
-        results=[
-            s.RerankResult(
-                index=int(i),
-                relevance_score=float(scores[i]),
-                logit=float(logits[i]),
-                document=s.RerankDoc(text=texts[i]) if body.return_documents else None,
-            )
-            for i in order
-        ],
-        meta={"model": svc.reranker(body.model).name},
-    )
+    result = svc.rerank_documents(body.query, texts, body.model, top_n=body.top_n)
+    return s.RerankOut.of(result, texts if body.return_documents else None)

@@ -1,10 +1,22 @@
-"""Request and response models of the HTTP API."""
+"""Request and response models of the HTTP API.
+
+Response models are read from the core's types (``Out.model_validate(obj)`` takes attributes:
+``CollectionInfo``, ``StoredDocument``, ``IngestResult``, the service's ``Embeddings`` and
+``Reranked``), so a field is named once, in the type, and renamed here only where the wire
+spells it differently.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import base64
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+if TYPE_CHECKING:
+    from ragserve.service import Embeddings, Reranked
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -21,6 +33,12 @@ _JSON_INT = BeforeValidator(_json_integer)
 #: An integer field; bounds go in ``Field`` on the field (or before ``_JSON_INT`` inside an
 #: ``Annotated`` of an optional one), so the OpenAPI document shows them as minimum/maximum.
 JsonInt = Annotated[int, _JSON_INT]
+
+
+class Out(BaseModel):
+    """A response model, validated from the attributes of a core type."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 class Strict(BaseModel):
@@ -54,7 +72,7 @@ class CollectionCreate(Strict):
     embedder: str | None = None
 
 
-class Collection(BaseModel):
+class Collection(Out):
     name: str
     embedder: str
     dimension: int
@@ -80,19 +98,19 @@ class DocumentsIn(Strict):
     documents: list[DocumentIn] = Field(min_length=1)
 
 
-class DocumentResult(BaseModel):
+class DocumentResult(Out):
     id: str
     status: Literal["created", "updated", "unchanged", "failed"]
     chunks: int
     error: str | None = None
 
 
-class DocumentsOut(BaseModel):
+class DocumentsOut(Out):
     results: list[DocumentResult]
 
 
-class ChunkOut(BaseModel):
-    chunk_id: str
+class ChunkOut(Out):
+    chunk_id: str = Field(validation_alias=AliasChoices("chunk_id", "id"))
     index: int
     text: str
     start: int
@@ -100,7 +118,7 @@ class ChunkOut(BaseModel):
     metadata: dict[str, Any]
 
 
-class DocumentOut(BaseModel):
+class DocumentOut(Out):
     id: str
     title: str | None
     metadata: dict[str, Any]
@@ -313,6 +331,21 @@ class EmbeddingsOut(BaseModel):
     model: str
     usage: Usage
 
+    @classmethod
+    def of(cls, result: Embeddings, encoding_format: Literal["float", "base64"]) -> EmbeddingsOut:
+        """The OpenAI body: each vector as floats, or its float32 bytes in base64."""
+        data = [
+            EmbeddingItem(
+                index=i,
+                embedding=base64.b64encode(vector.tobytes()).decode()
+                if encoding_format == "base64"
+                else vector.tolist(),
+            )
+            for i, vector in enumerate(result.vectors)
+        ]
+        usage = Usage(prompt_tokens=result.tokens, total_tokens=result.tokens)
+        return cls(data=data, model=result.model, usage=usage)
+
 
 # ---------------------------------------------------------------- Cohere rerank
 
@@ -329,7 +362,7 @@ class RerankIn(BaseModel):
     return_documents: StrictBool = False
 
 
-class RerankResult(BaseModel):
+class RerankResult(Out):
     index: int
     relevance_score: float
     logit: float
@@ -340,3 +373,12 @@ class RerankOut(BaseModel):
     id: str
     results: list[RerankResult]
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: Reranked, documents: Sequence[str] | None) -> RerankOut:
+        """The Cohere body; ``documents``: return each result's text with it."""
+        results = [RerankResult.model_validate(r) for r in result.results]
+        if documents is not None:
+            for r in results:
+                r.document = RerankDoc(text=documents[r.index])
+        return cls(id=str(uuid.uuid4()), results=results, meta={"model": result.model})

@@ -155,12 +155,6 @@ def build_stats(metrics: Metrics, service: RetrievalService | None) -> Stats:
     return stats
 
 
-def _running(request: Request) -> RetrievalService | None:
-    state = request.app.state.readiness
-    service: RetrievalService | None = state.service if state.ready else None
-    return service
-
-
 @monitoring_router.get(
     "/metrics",
     operation_id="metrics",
@@ -177,4 +171,4 @@ async def metrics_endpoint(request: Request) -> Response:
 @monitoring_router.get("/v1/stats", operation_id="stats", response_model=Stats)
 def stats_endpoint(request: Request) -> Stats:
     """Recent latency percentiles per route and stage, cache hit rates, errors, memory, models."""
-    return build_stats(request.app.state.metrics, _running(request))
+    return build_stats(request.app.state.metrics, request.app.state.readiness.running())
