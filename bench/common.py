@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_DIR = ROOT.parent / "shared" / "eval" / "scifact"
+#: SciFact (BEIR); BENCH_SCIFACT_DIR overrides it (from a git worktree, ../shared is not there).
+EVAL_DIR = Path(os.environ.get("BENCH_SCIFACT_DIR", ROOT.parent / "shared" / "eval" / "scifact"))
 OUT = ROOT / "bench" / "out"
 
 

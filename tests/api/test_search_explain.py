@@ -9,20 +9,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.api.test_search_fusion import DOCS as FUSION_DOCS
 from tests.fakes import error_of, make_service, make_settings, ready_client
 
 LONG = " ".join(
     f"Paragraph {i} talks about topic{i} and the memory safety of systems languages."
     for i in range(40)
 )
-DOCS = [
-    {"id": "rust", "text": "Rust is a systems programming language focused on memory safety."},
-    {"id": "python", "text": "Python is a programming language with dynamic typing."},
-    {"id": "tea", "text": "Green tea is brewed from the leaves of Camellia sinensis."},
-    {"id": "sqlite", "text": "SQLite is an embedded database engine with full-text search."},
-    {"id": "cats", "text": "Cats are small domesticated carnivorous mammals."},
-    {"id": "long", "text": LONG},
-]
+DOCS = [*FUSION_DOCS, {"id": "long", "text": LONG}]
 URL = "/v1/collections/kb/search"
 ALL_ON = {"explain": True, "highlight": True, "expand": {"neighbors": 1}}
 
