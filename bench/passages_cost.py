@@ -1,15 +1,16 @@
-"""What explain, highlight and expand cost per search, in process, stage by stage.
+"""What explain, highlight and expand cost per search, in process.
 
-    python -m bench.passages_cost --data-dir DIR [--collection eval-scifact] [--queries 300]
+    python -m bench.passages_cost --data-dir DIR [--collection eval-scifact] [--queries 100]
 
 Opens DIR (a data directory holding a SciFact collection, e.g. made by ``ragserve eval``) with
-the default settings and runs SciFact's test queries as hybrid top-10 searches, each twice in
-a row: options off, then explain + highlight + expand (neighbors 1) on. Prints the medians of
-the search's own total (off, on, and of the paired difference less the query
-embedding, whose time under load swamps the rest), of the highlight and expand
-stages, and what picking each dense-only
-hit's best sentence by embedding similarity would cost (the hit's sentences embedded in one
-embedder call, the query vector reused): the measurement behind not doing it.
+the default settings (query cache off) and runs SciFact's test queries as hybrid top-10
+searches, each query in five variants in a row: off, explain, highlight, expand (neighbors 1),
+all three. Per variant, medians of: the search's wall time less the query embedding (whose
+time under load swamps the rest), the calling thread's CPU time for the search and its HTTP
+JSON (``search_json``; the embedding runs on the batcher's thread and is not counted), the
+highlight and expand stages, and the response's size. Last, what picking each dense-only
+hit's best sentence by embedding similarity would cost (its sentences embedded in one call):
+the measurement behind not doing it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.common import scifact_test_queries
+from ragserve.api.search_io import search_json
 from ragserve.config import Settings
 from ragserve.context import ExpandSpec
 from ragserve.highlight import HighlightSpec
@@ -31,57 +34,64 @@ from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "explain": {"explain": True},
+    "highlight": {"highlight": HighlightSpec()},
+    "expand": {"expand": ExpandSpec(neighbors=1)},
+    "all": {"explain": True, "highlight": HighlightSpec(), "expand": ExpandSpec(neighbors=1)},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--collection", default="eval-scifact")
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
     settings = Settings(data_dir=args.data_dir, query_cache_size=0, rerank_cache_size=0)
     service = RetrievalService.open(settings)
     name = service.store.collection_embedder(args.collection)
     queries = scifact_test_queries()[: args.queries]
-    figures: dict[str, list[float]] = {}
+    figures: dict[str, dict[str, list[float]]] = {}
 
-    def add(key: str, value: float) -> None:
-        figures.setdefault(key, []).append(value)
+    def add(variant: str, key: str, value: float) -> None:
+        figures.setdefault(variant, {}).setdefault(key, []).append(value)
 
     dense_only = 0
     try:
-        for q in queries[:20]:  # warm-up
+        for q in queries[:10]:  # warm-up
             service.search(args.collection, SearchRequest(q))
         for q in queries:
-            off = service.search(args.collection, SearchRequest(q))
-            on = service.search(
-                args.collection,
-                SearchRequest(
-                    q, explain=True, highlight=HighlightSpec(), expand=ExpandSpec(neighbors=1)
-                ),
-            )
-            assert [h.chunk_id for h in on.hits] == [h.chunk_id for h in off.hits]
-            add("total_off_ms", off.timings_ms["total"])
-            add("total_on_ms", on.timings_ms["total"])
-            # Without the query embedding, whose time under load swamps the rest.
-            on_ms, off_ms = (r.timings_ms["total"] - r.timings_ms["embed"] for r in (on, off))
-            add("added_ms", on_ms - off_ms)
-            add("highlight_ms", on.timings_ms["highlight"])
-            add("expand_ms", on.timings_ms["expand"])
-            # Best sentence by embedding similarity, for the hits BM25 did not find.
+            hit_ids = set()
+            for variant, options in VARIANTS.items():
+                cpu = time.thread_time()
+                result = service.search(args.collection, SearchRequest(q, **options))
+                body = search_json(result)
+                add(variant, "cpu_ms", (time.thread_time() - cpu) * 1000)
+                t = result.timings_ms
+                add(variant, "wall_ms", t["total"] - t["embed"])
+                add(variant, "bytes", len(body))
+                for stage in ("highlight", "expand"):
+                    if stage in t:
+                        add(variant, f"{stage}_ms", t[stage])
+                hit_ids.add(tuple(h.chunk_id for h in result.hits))
+            assert len(hit_ids) == 1, q  # the options never change the hits
             vector = service.embed_queries([q], name)[0]
             started = time.perf_counter()
-            for hit in on.hits:
+            for hit in result.hits:
                 if "lexical" in hit.scores:
                     continue
                 dense_only += 1
                 sentences = [s for s in _SENTENCE.split(hit.text) if s.strip()]
-                vectors = service.embed_documents(sentences, name)
-                int(np.argmax(vectors @ vector))
-            add("semantic_sentence_ms", (time.perf_counter() - started) * 1000)
+                int(np.argmax(service.embed_documents(sentences, name) @ vector))
+            add("semantic", "best_sentence_ms", (time.perf_counter() - started) * 1000)
     finally:
         service.close()
-    out = {k: round(statistics.median(v), 3) for k, v in figures.items()}
+    out: dict[str, Any] = {
+        variant: {k: round(statistics.median(v), 3) for k, v in keys.items()}
+        for variant, keys in figures.items()
+    }
     out["dense_only_hits_per_search"] = round(dense_only / max(len(queries), 1), 2)
     out["queries"] = len(queries)
     print(json.dumps(out))
