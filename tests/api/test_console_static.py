@@ -25,3 +25,9 @@ def test_ui_serves_the_page_with_a_same_origin_policy(client: TestClient) -> Non
     for name in ("console.js", "console.css"):
         assert name in page.text and client.get(f"/ui/{name}").status_code == 200
     assert client.get("/ui/missing.js").status_code == 404
+
+
+def test_console_files_are_counted_under_one_route(client: TestClient) -> None:
+    assert client.get("/ui/console.js").status_code == 200
+    routes = client.get("/v1/stats").json()["routes"]
+    assert "GET /ui/{path}" in routes and not any("unrouted" in r for r in routes), routes

@@ -6,12 +6,13 @@ shows comes from a /v1 route, so with keys set it asks for a key (kept in the ta
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 STATIC = Path(__file__).parent / "static"
 #: Only this origin's files and API: no inline script, no CDN, no framing by other sites.
@@ -23,6 +24,14 @@ _HEADERS = {
 
 
 class _Static(StaticFiles):
+    #: What the request metrics and the access log name these requests by (a mounted app has no
+    #: route of its own there: they would count as "unrouted").
+    route = SimpleNamespace(path="/ui/{path}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route
+        await super().__call__(scope, receive, send)
+
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update(_HEADERS)
