@@ -238,6 +238,62 @@ def models_export(
     )
 
 
+@models_app.command("distill-reranker")
+def models_distill_reranker(
+    name: Annotated[str, typer.Argument(help="Name of the student in the catalog and cache.")],
+    corpus: Annotated[
+        list[Path],
+        typer.Option(help="Unlabeled text: a BEIR corpus.jsonl or a directory of text files."),
+    ],
+    teacher: Annotated[str, typer.Option(help="The cross-encoder to distil.")] = (
+        "ms-marco-MiniLM-L-12-v2"
+    ),
+    layers: Annotated[str, typer.Option(help="Teacher layers the student starts from.")] = "0,11",
+    docs: Annotated[int, typer.Option(help="Passages sampled per corpus (0: all).")] = 250,
+    candidates: Annotated[int, typer.Option(help="Candidates per pseudo-query.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Passes over the pseudo-queries.")] = 1,
+    batch: Annotated[int, typer.Option(help="Pseudo-queries per training step.")] = 2,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1.5e-4,
+    max_length: Annotated[int, typer.Option(help="Tokens per pair for the student.")] = 128,
+    teacher_max_length: Annotated[int, typer.Option(help="Tokens per pair, teacher.")] = 256,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (smoke runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 13,
+) -> None:
+    """Distil a small cross-encoder from TEACHER on pseudo-queries over your text, cache it.
+
+    Needs the export extra: pip install 'ragserve[export]' torch==2.13.0.
+    """
+    from ragserve.models.distill import DistillOptions, distill_to_cache
+
+    try:
+        picked = tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise fail(f"--layers {layers!r}: expected comma-separated layer numbers") from None
+    s = settings()
+    options = DistillOptions(
+        layers=picked,
+        docs_per_corpus=docs,
+        candidates=candidates,
+        epochs=epochs,
+        batch_queries=batch,
+        learning_rate=lr,
+        max_length=max_length,
+        teacher_max_length=teacher_max_length,
+        max_steps=max_steps,
+        seed=seed,
+        threads=s.effective_threads,
+    )
+    try:
+        report = distill_to_cache(s, teacher, corpus, name, options, progress=err.print)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    console.print_json(data=report.to_json())
+    console.print(
+        f"{report.name}: cached in {report.seconds['total']:.0f} s; "
+        f"use it with RAGSERVE_RERANKER={report.name}"
+    )
+
+
 # ------------------------------------------------------------------------------ service commands
 
 collections_app = typer.Typer(no_args_is_help=True, help="Create, list, show, delete collections.")

@@ -146,7 +146,16 @@ class Settings(BaseSettings):
         "pairs).",
     )
     rerank_max_length: int = Field(
-        default=256, ge=32, le=512, description="Tokens of query + passage given to the reranker."
+        default=256,
+        ge=32,
+        le=512,
+        description="Tokens of query + passage given to the reranker (at most the model's own "
+        "maximum).",
+    )
+    rerank_window: bool = Field(
+        default=True,
+        description="A passage too long for the reranker is cut to its window that holds the "
+        "most query tokens, not to its head.",
     )
 
     # --- remote models (a model server: ragserve --role models, TEI, Infinity, vLLM) ----------

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, ModelNotCached
@@ -16,7 +17,7 @@ from ragserve.models.cache import CachedModel
 from ragserve.models.catalog import Catalog
 from ragserve.models.embedder import Batching
 from ragserve.models.manager import model_cache
-from ragserve.models.reranker import OnnxReranker, Reranker, sigmoid
+from ragserve.models.reranker import OnnxReranker, Reranker, passage_windows, sigmoid
 from ragserve.models.runtime import SessionConfig
 
 RERANKER = "ms-marco-MiniLM-L-12-v2"
@@ -114,3 +115,44 @@ def test_pairs_from_several_queries_score_like_each_query_alone(reranker: OnnxRe
     spread = max(alone) - min(alone)  # int8 activation scales are per batch: small shifts
     np.testing.assert_allclose(mixed, alone, atol=0.05 * spread)
     assert mixed[0] > mixed[2]
+
+
+# ----------------------------------------------------------------------------- passage windows
+
+
+def word_tokenizer() -> Tokenizer:
+    """A word-level tokenizer with offsets (one token per word or punctuation mark)."""
+    from tokenizers import models, pre_tokenizers
+
+    words = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "the", "capital", "of", "france", "is", "paris"]
+    words += [f"w{i}" for i in range(200)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def test_a_passage_that_fits_is_given_whole() -> None:
+    tok = word_tokenizer()
+    passage = " ".join(f"w{i}" for i in range(20))
+    assert passage_windows(tok, "capital of france", [passage], max_length=64) == [passage]
+
+
+def test_a_long_passage_is_cut_to_the_window_that_holds_the_query_words() -> None:
+    tok = word_tokenizer()
+    filler = " ".join(f"w{i}" for i in range(150))
+    answer = "paris is the capital of france"
+    (cut,) = passage_windows(tok, "capital of france", [f"{filler} {answer} w1 w2"], 64)
+    assert answer in cut
+    assert len(cut.split()) == 64 - 3 - 3  # max_length - query tokens - [CLS] [SEP] [SEP]
+    (head,) = passage_windows(tok, "nothing matches", [f"{filler} {answer}"], 64)
+    assert head == " ".join(filler.split()[: 64 - 2 - 3])  # no match: the head
+
+
+@pytest.mark.slow
+def test_the_reranker_scores_the_window_when_asked(cached: CachedModel) -> None:
+    long_passage = " ".join(["Bananas are rich in potassium and fibre."] * 60) + " " + PASSAGES[0]
+    head = OnnxReranker(cached, SessionConfig(threads=1), max_length=64)
+    window = OnnxReranker(cached, SessionConfig(threads=1), max_length=64, window=True)
+    assert window.score(QUERY, [long_passage])[0] > head.score(QUERY, [long_passage])[0] + 5
+    # A passage that fits is scored the same either way.
+    np.testing.assert_allclose(window.score(QUERY, PASSAGES), head.score(QUERY, PASSAGES))

@@ -330,9 +330,15 @@ def ffn_output_matmuls(path: Path) -> list[str]:
 
 
 def quantize(
-    src: Path, out: Path, *, per_channel: bool = True, keep_fp32: Sequence[str] = ()
+    src: Path,
+    out: Path,
+    *,
+    per_channel: bool = True,
+    keep_fp32: Sequence[str] = (),
+    op_types: Sequence[str] = ("MatMul", "Attention"),
 ) -> None:
-    """Dynamic int8: signed per-channel weights (U8S8, VNNI), fp32 embedding tables."""
+    """Dynamic int8: signed per-channel weights (U8S8, VNNI); embedding tables stay fp32 unless
+    ``op_types`` names ``EmbedLayerNormalization`` (a quarter of the size, for rerankers)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -348,7 +354,7 @@ def quantize(
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
                 reduce_range=False,
-                op_types_to_quantize=["MatMul", "Attention"],
+                op_types_to_quantize=list(op_types),
                 nodes_to_exclude=list(keep_fp32),
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )

@@ -265,6 +265,7 @@ class ModelManager:
     embedder_runs: int = 1
     batching: Batching = field(default_factory=Batching)
     rerank_max_length: int = 256
+    rerank_window: bool = True
     verify_hashes: bool = True
     #: Models served by a model server (RAGSERVE_EMBEDDER_URL / RAGSERVE_RERANKER_URL).
     remote: RemoteModels | None = None
@@ -291,6 +292,7 @@ class ModelManager:
             embedder_runs=settings.embedder_runs,
             batching=Batching(settings.batch_tokens, settings.max_batch_size),
             rerank_max_length=settings.rerank_max_length,
+            rerank_window=settings.rerank_window,
             serving=Serving.from_settings(settings),
             caches=ModelCaches(settings.query_cache_size, settings.rerank_cache_size),
         )
@@ -346,6 +348,7 @@ class ModelManager:
             self.session_config,
             max_length=self.rerank_max_length,
             batching=self.batching,
+            window=self.rerank_window,
         )
 
     def _serve(self, spec: ModelSpec, model: Embedder | Reranker) -> Served:
