@@ -255,7 +255,7 @@ def test_a_smoke_distillation_caches_a_loadable_student(tiny_teacher: Path, tmp_
     assert (out / "NOTICE").is_file() and json.loads((out / "distill.json").read_text())
     manager = ModelManager.from_settings(s)
     student = manager.reranker("tiny-student")
-    scores = student.score("vitamin d infection", [d[2] for d in DOCS])
+    scores = student.score_pairs([("vitamin d infection", d[2]) for d in DOCS])
     assert scores.shape == (4,) and np.isfinite(scores).all()
     with pytest.raises(InvalidInput, match="exists already"):
         distill_to_cache(
