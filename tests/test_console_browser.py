@@ -56,10 +56,14 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def wait(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = 30) -> Any:
+def wait(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = 120) -> Any:
+    """Poll ``condition`` until it holds (a generous bound: the server embeds on a shared CPU).
+    An element replaced while it was read (the page redraws a table) is read again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, what)
+    ignored = (StaleElementReferenceException,)
+    return WebDriverWait(driver, timeout, 0.1, ignored).until(condition, what)
 
 
 def shot(driver: Any, name: str) -> None:
