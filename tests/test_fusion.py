@@ -3,6 +3,7 @@ empty legs, weights; the request parser; the adaptive weights on synthetic legs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,3 +161,59 @@ def test_adaptive_fusion_reports_the_weights_it_chose() -> None:
 
 def test_the_default_is_minmax_with_equal_weights() -> None:
     assert FusionSpec() == FusionSpec("minmax", {"dense": 1.0, "lexical": 1.0}, 60)
+
+
+def test_fusion_text_parses_the_cli_forms() -> None:
+    from ragserve.fusion import parse_fusion_text
+
+    assert parse_fusion_text("minmax").as_dict() == {
+        "method": "minmax",
+        "weights": {"dense": 1.0, "lexical": 1.0},
+        "k": 60,
+    }
+    assert parse_fusion_text("rrf:k=5,dense=1,lexical=0.5").as_dict() == {
+        "method": "rrf",
+        "weights": {"dense": 1.0, "lexical": 0.5},
+        "k": 5,
+    }
+    assert parse_fusion_text("zscore:auto").weights is None
+    for bad, fragment in [("nope", "unknown fusion"), ("rrf:k", "name=number"), ("rrf:x=1", "x")]:
+        with pytest.raises(InvalidInput, match=fragment):
+            parse_fusion_text(bad)
+
+
+def test_cli_sets_shows_and_clears_a_collection_fusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ragserve.cli import app
+    from ragserve.config import Settings
+    from ragserve.service import RetrievalService
+
+    monkeypatch.setenv("RAGSERVE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    made = runner.invoke(app, ["collections", "create", "kb", "--fusion", "rrf:k=5"])
+    assert made.exit_code == 0, made.output
+    service = RetrievalService.open(Settings(data_dir=tmp_path), load_models=False)
+    try:
+        spec = service.collection_fusion("kb")
+        assert spec is not None and (spec.method, spec.k) == ("rrf", 5)
+    finally:
+        service.close()
+    assert runner.invoke(app, ["collections", "fusion", "kb", "minmax:auto"]).exit_code == 0
+    bad = runner.invoke(app, ["collections", "fusion", "kb", "minmax:dense=0,lexical=0"])
+    assert bad.exit_code == 1 and "at least one fusion weight" in bad.output
+    assert runner.invoke(app, ["collections", "fusion", "nope", "rrf"]).exit_code == 1
+    service = RetrievalService.open(Settings(data_dir=tmp_path), load_models=False)
+    try:
+        spec = service.collection_fusion("kb")
+        assert spec is not None and spec.weights is None  # the bad one changed nothing
+    finally:
+        service.close()
+    assert runner.invoke(app, ["collections", "fusion", "kb", "default"]).exit_code == 0
+    service = RetrievalService.open(Settings(data_dir=tmp_path), load_models=False)
+    try:
+        assert service.collection_fusion("kb") is None
+    finally:
+        service.close()

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
+from ragserve.fusion import parse_fusion_text
 from ragserve.models.catalog import Catalog, Kind, Pooling, custom_spec, save_custom
 from ragserve.models.manager import ModelManager, model_cache
 
@@ -394,20 +395,45 @@ def config_show() -> None:
     console.print_json(data=settings().masked())
 
 
+_FUSION_HELP = (
+    "Default fusion of its hybrid searches: METHOD[:auto|:dense=W,lexical=W,k=K], "
+    "e.g. minmax:auto or rrf:k=60,dense=1,lexical=0.5."
+)
+
+
 @collections_app.command("create")
 def collections_create(
     name: str,
     embedder: Annotated[str | None, typer.Option(help="Embedder (default: configured).")] = None,
+    fusion: Annotated[str | None, typer.Option(help=_FUSION_HELP)] = None,
 ) -> None:
-    """Create a collection bound to an embedder."""
+    """Create a collection bound to an embedder, optionally with its own default fusion."""
     svc = _service()
     try:
-        info = svc.create_collection(name, embedder)
+        spec = parse_fusion_text(fusion) if fusion is not None else None
+        info = svc.create_collection(name, embedder, fusion=spec)
     except RagserveError as exc:
         raise fail(exc) from None
     finally:
         svc.close()
     console.print(f"collection {info.name} ({info.embedder}, {info.dimension}-d)")
+
+
+@collections_app.command("fusion")
+def collections_fusion(
+    name: str,
+    fusion: Annotated[str, typer.Argument(help=_FUSION_HELP + " 'default': the server's.")],
+) -> None:
+    """Set the collection's default fusion for hybrid searches that name none."""
+    svc = _service()
+    try:
+        spec = None if fusion == "default" else parse_fusion_text(fusion)
+        svc.set_collection_fusion(name, spec)
+    except RagserveError as exc:
+        raise fail(exc) from None
+    finally:
+        svc.close()
+    console.print(f"collection {name}: fusion {spec.as_dict() if spec else 'the server default'}")
 
 
 @collections_app.command("list")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ragserve.errors import CollectionNotFound, InvalidInput
 from ragserve.evaluation import BeirDataset, drop_identical_ids, per_query
-from ragserve.fusion import METHODS, FusionSpec
+from ragserve.fusion import METHODS, FusionSpec, parse_fusion_text
 from ragserve.search import MODES, Mode, SearchRequest
 from ragserve.service import IngestResult, RetrievalService
 from ragserve.types import Document
@@ -58,32 +58,12 @@ def parse_run(text: str) -> Run:
         body, rerank = body[: -len("+rerank")], True
     if body in MODES:
         return Run(label, body, rerank)
-    method, _, opts = body.partition(":")
-    if method not in METHODS:
+    if body.partition(":")[0] not in METHODS:
         raise InvalidInput(
             f"unknown run {text!r}: a mode ({', '.join(MODES)}) or a fusion method "
             f"({', '.join(METHODS)}) with options, e.g. minmax:dense=0.8,lexical=0.2"
         )
-    weights: dict[str, float] | None = {}
-    k = 60
-    for part in filter(None, (p.strip() for p in opts.split(","))):
-        if part == "auto":
-            weights = None
-            continue
-        key, eq, value = part.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not eq or number != number:
-            raise InvalidInput(f"bad option {part!r} in run {text!r}: expected name=number")
-        if key == "k":
-            k = int(number)
-        elif weights is not None:
-            weights[key] = number
-    if weights == {}:
-        weights = {"dense": 1.0, "lexical": 1.0}
-    return Run(label, "hybrid", rerank, FusionSpec(method, weights, k).check())
+    return Run(label, "hybrid", rerank, parse_fusion_text(body))
 
 
 @dataclass(frozen=True, slots=True)

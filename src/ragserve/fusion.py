@@ -111,6 +111,38 @@ def parse_fusion(
     ).check()
 
 
+def parse_fusion_text(text: str) -> FusionSpec:
+    """A :class:`FusionSpec` from ``METHOD[:auto|:dense=W,lexical=W,k=K]`` (no weights: equal),
+    as the CLI takes it: ``rrf:k=60,dense=1,lexical=1``, ``minmax:dense=0.8,lexical=0.2``,
+    ``minmax:auto``."""
+    method, _, opts = text.strip().partition(":")
+    if method not in METHODS:
+        raise InvalidInput(
+            f"unknown fusion {text!r}: a method ({', '.join(METHODS)}) with options, "
+            "e.g. minmax:dense=0.8,lexical=0.2"
+        )
+    weights: dict[str, float] | None = {}
+    k = 60
+    for part in filter(None, (p.strip() for p in opts.split(","))):
+        if part == "auto":
+            weights = None
+            continue
+        key, eq, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not eq or number != number:
+            raise InvalidInput(f"bad option {part!r} in {text!r}: expected name=number")
+        if key == "k":
+            k = int(number)
+        elif weights is not None:
+            weights[key] = number
+    if weights == {}:
+        weights = {"dense": 1.0, "lexical": 1.0}
+    return FusionSpec(method, weights, k).check()
+
+
 def settings_fusion(settings: Any) -> FusionSpec:
     """The default :class:`FusionSpec` of a :class:`~ragserve.config.Settings`."""
     weights = settings.fusion_weights

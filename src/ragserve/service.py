@@ -16,8 +16,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, ModelUnavailable, PayloadTooLarge, RagserveError
-from ragserve.fusion import settings_fusion
+from ragserve.fusion import FusionSpec, parse_fusion, settings_fusion
 from ragserve.ingest.chunking import (
     chunk_document,
     content_budget,
@@ -142,10 +142,12 @@ class RetrievalService:
         #: The served models: batched, cached, each loaded under its own lock.
         self.models = models
         self.store = store
+        #: The fusion of a hybrid search that names none, in a collection without its own.
+        self.default_fusion = settings_fusion(settings)
         self._searcher = Searcher(
             store,
             max_k=settings.max_top_k,
-            fusion=settings_fusion(settings),
+            fusion=self.default_fusion,
             hybrid_instruction=settings.hybrid_query_instruction,
         )
 
@@ -287,9 +289,20 @@ class RetrievalService:
 
     # ------------------------------------------------------------------ collections
 
-    def create_collection(self, name: str, embedder: str | None = None) -> CollectionInfo:
+    def create_collection(
+        self,
+        name: str,
+        embedder: str | None = None,
+        *,
+        fusion: Mapping[str, Any] | FusionSpec | None = None,
+    ) -> CollectionInfo:
+        """Create ``name`` (idempotent for the same embedder); ``fusion``: its default fusion."""
         spec = self.models.catalog.get(embedder or self.settings.embedder, Kind.EMBEDDER)
-        return self.store.create_collection(name, spec.name, spec.dimension)
+        checked = parse_fusion(fusion, self.default_fusion) if fusion is not None else None
+        info = self.store.create_collection(name, spec.name, spec.dimension)
+        if checked is not None:
+            self.set_collection_fusion(name, checked)
+        return info
 
     def list_collections(self) -> list[CollectionInfo]:
         return self.store.list_collections()
@@ -299,6 +312,29 @@ class RetrievalService:
 
     def delete_collection(self, name: str) -> None:
         self.store.delete_collection(name)
+
+    def collection_fusion(self, name: str) -> FusionSpec | None:
+        """The collection's own default fusion (None: it follows the server's)."""
+        value = self.store.collection_options(name).get("fusion")
+        return parse_fusion(value, self.default_fusion) if value else None
+
+    def set_collection_fusion(
+        self, name: str, fusion: Mapping[str, Any] | FusionSpec | None
+    ) -> FusionSpec | None:
+        """Set (keys not given: the server's default) or clear (None) the collection's default
+        fusion; hybrid searches that name no fusion use it. Checked before it is stored."""
+        options = dict(self.store.collection_options(name))
+        spec = parse_fusion(fusion, self.default_fusion) if fusion is not None else None
+        if spec is None:
+            options.pop("fusion", None)
+        else:
+            options["fusion"] = spec.as_dict()
+        self.store.set_collection_options(name, options)
+        return spec
+
+    def search_fusion(self, name: str) -> FusionSpec:
+        """What a hybrid search of ``name`` fuses with when its request names no fusion."""
+        return self.collection_fusion(name) or self.default_fusion
 
     # ------------------------------------------------------------------ documents
 
@@ -444,6 +480,8 @@ class RetrievalService:
         (``RAGSERVE_MAX_TOP_K``), the query's length here."""
         name = self.store.collection_embedder(collection)
         self._check_query(request.query)
+        if request.mode == "hybrid" and request.fusion is None:
+            request = replace(request, fusion=self.search_fusion(collection))
         embedder = self.embedder(name) if request.mode != "lexical" else None
         reranker = self.reranker() if request.rerank else None
         return self._searcher.search(collection, request, embedder=embedder, reranker=reranker)

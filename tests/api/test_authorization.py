@@ -39,6 +39,9 @@ CASES: dict[str, Case] = {
     "list_collections": Case("GET", "/v1/collections", "read", "own"),
     "create_collection": Case("POST", "/v1/collections", "write", json={"name": "{c}"}),
     "get_collection": Case("GET", "/v1/collections/{c}", "read"),
+    "update_collection": Case(
+        "PATCH", "/v1/collections/{c}", "write", json={"fusion": {"method": "rrf"}}
+    ),
     "delete_collection": Case("DELETE", "/v1/collections/{c}", "admin"),
     "add_documents": Case(
         "POST",

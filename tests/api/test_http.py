@@ -99,6 +99,7 @@ def test_collection_lifecycle(client: TestClient) -> None:
         "dimension": 64,
         "documents": 0,
         "chunks": 0,
+        "fusion": None,
     }
     assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201  # idempotent
     conflict = client.post("/v1/collections", json={"name": "docs", "embedder": "other-embedder"})

@@ -42,8 +42,14 @@ APP, SERVICE = _app_for_schema()
 #: Operations whose bodies carry rules a static schema cannot state, so a schema-valid request
 #: can rightly get a 422: `dimensions` at most the chosen model's dimension (embeddings);
 #: `top_k` at most RAGSERVE_MAX_TOP_K and a filter that parses (search). Every other check, and
-#: the positive-data check on every other operation, still applies.
-SEMANTIC_422 = {"POST /v1/embeddings", "POST /v1/collections/{name}/search"}
+#: the positive-data check on every other operation, still applies. A collection's default
+#: fusion (create, update) needs at least one weight above 0, as a search's does.
+SEMANTIC_422 = {
+    "POST /v1/embeddings",
+    "POST /v1/collections/{name}/search",
+    "POST /v1/collections",
+    "PATCH /v1/collections/{name}",
+}
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 

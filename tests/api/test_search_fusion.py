@@ -101,3 +101,52 @@ def test_the_default_fusion_comes_from_settings(tmp_path: Path) -> None:
         dense = ids(c, {"query": query, "mode": "dense"})
         body = {"query": query, "fusion": {"weights": {"dense": 1, "lexical": 0}}}
         assert ids(c, {**body, "top_k": len(dense)}) == dense
+
+
+def test_a_collection_default_fusion_is_kept_shown_used_and_cleared(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    service = make_service(settings)
+    for c in ready_client(settings, service):
+        only_lexical = {"method": "rrf", "weights": {"dense": 0.0, "lexical": 1.0}}
+        r = c.post("/v1/collections", json={"name": "kb", "fusion": only_lexical})
+        assert r.status_code == 201, r.text
+        assert r.json()["fusion"] == {**only_lexical, "k": 60}
+        assert c.post("/v1/collections/kb/documents", json={"documents": DOCS}).status_code == 200
+        query = "green memory search"
+        lexical = ids(c, {"query": query, "mode": "lexical"})
+        dense = ids(c, {"query": query, "mode": "dense"})
+        assert ids(c, {"query": query})[: len(lexical)] == lexical  # the collection's default
+        # A request's own keys win over the collection's, the rest come from it.
+        body = {"query": query, "fusion": {"weights": {"dense": 1, "lexical": 0}}}
+        assert ids(c, {**body, "top_k": len(dense)}) == dense
+        # Replaced, then cleared; kept across a restart of the service (it is in the store).
+        r = c.patch("/v1/collections/kb", json={"fusion": {"weights": "auto"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["fusion"]["weights"] == "auto"
+        assert c.get("/v1/collections").json()["collections"][0]["fusion"]["weights"] == "auto"
+        r = c.post(URL, json={"query": query, "explain": True})
+        assert r.json()["explain"]["fusion"]["adaptive"] is True
+        assert c.patch("/v1/collections/kb", json={"fusion": None}).json()["fusion"] is None
+        server_default = {"method": "minmax", "weights": {"dense": 1, "lexical": 1}}
+        assert ids(c, {"query": query}) == ids(c, {"query": query, "fusion": server_default})
+        assert service.collection_fusion("kb") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"fusion": {"method": "nope"}}, "method"),
+        ({"fusion": {"weights": {"dense": 0, "lexical": 0}}}, "at least one fusion weight"),
+        ({}, "fusion"),
+    ],
+)
+def test_bad_collection_defaults_are_422_and_change_nothing(
+    client: TestClient, body: dict[str, Any], fragment: str
+) -> None:
+    r = client.patch("/v1/collections/kb", json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in error_of(r)["message"]
+    assert client.get("/v1/collections/kb").json()["fusion"] is None
+    r = client.post("/v1/collections", json={"name": "other", **body})
+    assert r.status_code == 422 or body == {}, r.text
+    assert client.patch("/v1/collections/none", json={"fusion": None}).status_code == 404

@@ -124,6 +124,24 @@ def test_operations_on_unknown_collection(store: Store) -> None:
         store.lexical_search("nope", "x", 3)
 
 
+def test_collection_options_are_kept_replaced_and_gone_with_the_collection(store: Store) -> None:
+    store.create_collection("a", "fake", DIM)
+    store.create_collection("b", "fake", DIM)
+    assert store.collection_options("a") == {}
+    store.set_collection_options("a", {"fusion": {"method": "rrf", "weights": "auto", "k": 5}})
+    assert store.collection_options("a") == {"fusion": {"method": "rrf", "weights": "auto", "k": 5}}
+    assert store.collection_options("b") == {}
+    store.set_collection_options("a", {"fusion": {"method": "minmax"}})
+    assert store.collection_options("a") == {"fusion": {"method": "minmax"}}
+    with pytest.raises(CollectionNotFound):
+        store.collection_options("nope")
+    with pytest.raises(CollectionNotFound):
+        store.set_collection_options("nope", {})
+    store.delete_collection("a")
+    store.create_collection("a", "fake", DIM)  # a new collection of the same name starts bare
+    assert store.collection_options("a") == {}
+
+
 def test_collections_are_isolated(store: Store) -> None:
     store.create_collection("a", "fake", DIM)
     store.create_collection("b", "fake", DIM)

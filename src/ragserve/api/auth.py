@@ -62,6 +62,7 @@ class Rule:
 RULES: dict[str, Rule] = {
     "list_collections": Rule(Role.READ, own=True),
     "create_collection": Rule(Role.WRITE, _body),
+    "update_collection": Rule(Role.WRITE, _path),
     "get_collection": Rule(Role.READ, _path),
     "delete_collection": Rule(Role.ADMIN, _path),
     "add_documents": Rule(Role.WRITE, _path),

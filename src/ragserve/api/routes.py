@@ -21,11 +21,11 @@ from ragserve.api.auth import principal_of, require_key
 from ragserve.api.search_io import search_json, search_request
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, PayloadTooLarge, Unavailable
-from ragserve.fusion import settings_fusion
 from ragserve.ingest.limits import Limits
 from ragserve.ingest.sources import IngestFailure, Item
 from ragserve.ingest.worker import ParsePool
 from ragserve.service import RetrievalService
+from ragserve.store.base import CollectionInfo
 from ragserve.types import Document
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -134,12 +134,22 @@ async def readyz(request: Request) -> JSONResponse:
 # ------------------------------------------------------------------------------ collections
 
 
+def _collection(info: CollectionInfo, svc: RetrievalService) -> s.Collection:
+    """The collection as the API shows it, with its own default fusion (null: the server's)."""
+    fusion = svc.collection_fusion(info.name)
+    return s.Collection.model_validate(info).model_copy(
+        update={"fusion": s.FusionDefault.model_validate(fusion.as_dict()) if fusion else None}
+    )
+
+
 @collections_router.post(
     "", operation_id="create_collection", response_model=s.Collection, status_code=201
 )
 def create_collection(body: s.CollectionCreate, svc: Service) -> s.Collection:
-    """Create a collection bound to an embedder (idempotent for the same embedder)."""
-    return s.Collection.model_validate(svc.create_collection(body.name, body.embedder))
+    """Create a collection bound to an embedder (idempotent for the same embedder), optionally
+    with its own default fusion."""
+    fusion = body.fusion.given() if body.fusion is not None else None
+    return _collection(svc.create_collection(body.name, body.embedder, fusion=fusion), svc)
 
 
 @collections_router.get("", operation_id="list_collections", response_model=s.CollectionList)
@@ -147,15 +157,21 @@ def list_collections(svc: Service, request: Request) -> s.CollectionList:
     """The collections the request's key reaches."""
     key = principal_of(request)
     return s.CollectionList(
-        collections=[
-            s.Collection.model_validate(c) for c in svc.list_collections() if key.reaches(c.name)
-        ]
+        collections=[_collection(c, svc) for c in svc.list_collections() if key.reaches(c.name)]
     )
 
 
 @collections_router.get("/{name}", operation_id="get_collection", response_model=s.Collection)
 def get_collection(name: CollectionName, svc: Service) -> s.Collection:
-    return s.Collection.model_validate(svc.get_collection(name))
+    return _collection(svc.get_collection(name), svc)
+
+
+@collections_router.patch("/{name}", operation_id="update_collection", response_model=s.Collection)
+def update_collection(name: CollectionName, body: s.CollectionUpdate, svc: Service) -> s.Collection:
+    """Set or clear the collection's default fusion (hybrid searches that name none use it)."""
+    fusion = body.fusion.given() if body.fusion is not None else None
+    svc.set_collection_fusion(name, fusion)
+    return _collection(svc.get_collection(name), svc)
 
 
 @collections_router.delete("/{name}", operation_id="delete_collection", status_code=204)
@@ -327,15 +343,15 @@ async def search(
 ) -> Response:
     """Hybrid (BM25 + dense, fused), dense or lexical search, optionally reranked."""
     gone = threading.Event()  # the client left: a running search skips its rerank
-    req = search_request(body, settings_fusion(svc.settings), gone.is_set)
 
     def run() -> tuple[bytes, Mapping[str, float]]:
+        req = search_request(body, lambda: svc.search_fusion(name), gone.is_set)
         result = svc.search(name, req)
         return search_json(result), result.timings_ms
 
     # One trip to a worker thread for the search and its JSON; FastAPI would otherwise make a
     # second one to validate the returned model again (measured in docs/service.md).
-    kind = Kind.RERANK if req.rerank else Kind.SEARCH
+    kind = Kind.RERANK if body.rerank else Kind.SEARCH
     content, timings = await admitted(request, kind, run, gone)
     request.state.timings_ms = timings  # for the stage histograms and the access log
     return Response(content, media_type="application/json")

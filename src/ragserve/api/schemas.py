@@ -67,9 +67,51 @@ class Readiness(BaseModel):
 # ---------------------------------------------------------------- collections
 
 
+class FusionIn(Strict):
+    """How a hybrid search fuses its dense and lexical legs (unset: the server's default)."""
+
+    method: Literal["rrf", "minmax", "zscore", "dbsf"] | None = Field(
+        default=None,
+        description="rrf: weighted reciprocal rank fusion; minmax / zscore / dbsf: a weighted "
+        "sum of each leg's scores normalised per query.",
+    )
+    weights: (
+        Literal["auto"] | dict[Literal["dense", "lexical"], Annotated[float, Field(ge=0, le=1000)]]
+    ) | None = Field(
+        default=None,
+        description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
+        "query from how peaked each leg's score list is.",
+    )
+    k: Annotated[int, Field(ge=0, le=10_000), _JSON_INT] | None = Field(
+        default=None, description="RRF constant."
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The options the request set (null: not set; the default applies)."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
 class CollectionCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     embedder: str | None = None
+    fusion: FusionIn | None = Field(
+        default=None,
+        description="The collection's default fusion for hybrid searches that name none "
+        "(keys left out: the server's default). Unset: the server's default.",
+    )
+
+
+class CollectionUpdate(Strict):
+    fusion: FusionIn | None = Field(
+        description="The collection's default fusion (keys left out: the server's default); "
+        "null: follow the server's default again.",
+    )
+
+
+class FusionDefault(BaseModel):
+    method: str
+    weights: dict[str, float] | Literal["auto"]
+    k: int
 
 
 class Collection(Out):
@@ -78,6 +120,10 @@ class Collection(Out):
     dimension: int
     documents: int
     chunks: int
+    fusion: FusionDefault | None = Field(
+        default=None,
+        description="The collection's own default fusion; null: the server's (RAGSERVE_FUSION_*).",
+    )
 
 
 class CollectionList(BaseModel):
@@ -127,26 +173,6 @@ class DocumentOut(Out):
 
 
 # ---------------------------------------------------------------- search
-
-
-class FusionIn(Strict):
-    """How a hybrid search fuses its dense and lexical legs (unset: the server's default)."""
-
-    method: Literal["rrf", "minmax", "zscore", "dbsf"] | None = Field(
-        default=None,
-        description="rrf: weighted reciprocal rank fusion; minmax / zscore / dbsf: a weighted "
-        "sum of each leg's scores normalised per query.",
-    )
-    weights: (
-        Literal["auto"] | dict[Literal["dense", "lexical"], Annotated[float, Field(ge=0, le=1000)]]
-    ) | None = Field(
-        default=None,
-        description='Weight per leg, e.g. {"dense": 0.7, "lexical": 0.3}, or "auto": chosen per '
-        "query from how peaked each leg's score list is.",
-    )
-    k: Annotated[int, Field(ge=0, le=10_000), _JSON_INT] | None = Field(
-        default=None, description="RRF constant."
-    )
 
 
 class HighlightIn(Strict):

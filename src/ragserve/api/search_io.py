@@ -12,8 +12,11 @@ from ragserve.search import SearchRequest, SearchResult
 
 
 def search_request(
-    body: s.SearchIn, default_fusion: FusionSpec, cancelled: Callable[[], bool]
+    body: s.SearchIn, default_fusion: Callable[[], FusionSpec], cancelled: Callable[[], bool]
 ) -> SearchRequest:
+    """``default_fusion``: what the keys a request's ``fusion`` leaves out default to (the
+    collection's fusion, else the server's); asked only when the request names a fusion. No
+    ``fusion``: None, and the service uses the collection's default."""
     highlight = body.highlight
     return SearchRequest(
         query=body.query,
@@ -24,8 +27,8 @@ def search_request(
         rerank_top_n=body.rerank_top_n,
         filter=body.filter,
         collapse=body.collapse,
-        fusion=parse_fusion(
-            body.fusion.model_dump(exclude_unset=True) if body.fusion else None, default_fusion
+        fusion=(
+            parse_fusion(body.fusion.given(), default_fusion()) if body.fusion is not None else None
         ),
         explain=body.explain,
         highlight=(

@@ -211,6 +211,15 @@ class Store(Protocol):
         snapshot. Context expansion (:mod:`ragserve.context`) reads a hit's neighbours with it."""
         ...
 
+    def collection_options(self, name: str) -> JSONDict:
+        """The collection's own defaults (e.g. ``{"fusion": {...}}``; ``{}`` when it has none),
+        kept with the collection and gone with it. The service validates what goes in."""
+        ...
+
+    def set_collection_options(self, name: str, options: JSONDict) -> None:
+        """Replace the collection's defaults (``{}`` clears them), atomically."""
+        ...
+
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` (by id) with its chunks in index order and their
         vectors (one row per chunk), each document read in one snapshot: for migrations."""

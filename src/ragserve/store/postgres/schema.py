@@ -16,6 +16,9 @@ Layout (version 1)::
                  metadata jsonb, embedding vector, tsv tsvector GENERATED [GIN],
                  PRIMARY KEY (collection_id, document_id, idx))
 
+Version 2 adds ``collection_options (collection_id -> collections ON DELETE CASCADE, options
+jsonb)``: a collection's own defaults (its fusion).
+
 Each partition gets its own HNSW index on ``(embedding::vector(<dimension>))`` with
 ``vector_cosine_ops`` when the collection is created (see ``postgres.py``).
 """
@@ -69,6 +72,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) PARTITION BY LIST (collection_id);
         CREATE INDEX chunks_document ON chunks (document_id);
         CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE collection_options (
+            collection_id integer PRIMARY KEY REFERENCES collections (id) ON DELETE CASCADE,
+            options jsonb NOT NULL
+        );
         """,
     ),
 ]

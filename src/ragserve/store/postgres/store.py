@@ -71,7 +71,7 @@ from ragserve.store.base import (
 )
 from ragserve.store.postgres import schema as postgres_schema
 from ragserve.store.postgres.sql import query_words, to_sql
-from ragserve.types import Chunk, Document
+from ragserve.types import Chunk, Document, JSONDict
 
 if TYPE_CHECKING:
     from ragserve.config import Settings
@@ -255,6 +255,23 @@ class PostgresStore(SearchByRefs):
     def collection_embedder(self, name: str) -> str:
         with self._conn() as conn:
             return self._collection(conn, name).embedder
+
+    def collection_options(self, name: str) -> JSONDict:
+        with self._conn() as conn:
+            c = self._collection(conn, name)
+            row = conn.execute(
+                "SELECT options FROM collection_options WHERE collection_id = %s", (c.id,)
+            ).fetchone()
+            return dict(row[0]) if row else {}
+
+    def set_collection_options(self, name: str, options: JSONDict) -> None:
+        with self._conn() as conn:
+            c = self._collection(conn, name)
+            conn.execute(
+                "INSERT INTO collection_options (collection_id, options) VALUES (%s, %s) "
+                "ON CONFLICT (collection_id) DO UPDATE SET options = excluded.options",
+                (c.id, Jsonb(dict(options))),
+            )
 
     def delete_collection(self, name: str) -> None:
         with self._conn() as conn:

@@ -80,7 +80,7 @@ from ragserve.store.sqlite.health import StoreHealth, check_database, guarded
 from ragserve.store.sqlite.index import IndexKeeper
 from ragserve.store.sqlite.lexical import LexicalKeeper, tantivy_failure
 from ragserve.store.sqlite.meta import AllowedChunks, MetadataKeeper
-from ragserve.types import Chunk, Document
+from ragserve.types import Chunk, Document, JSONDict
 
 if TYPE_CHECKING:
     from ragserve.config import Settings
@@ -126,6 +126,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     UNIQUE (document_id, idx)
 );
 CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks (collection_id);
+CREATE TABLE IF NOT EXISTS collection_options (
+    collection_id INTEGER PRIMARY KEY REFERENCES collections(id) ON DELETE CASCADE,
+    options TEXT NOT NULL
+);
 """
 
 _HIT_SQL = (
@@ -398,6 +402,26 @@ class SqliteStore(SearchByRefs):
         return self._collection(self._reader(), name).embedder
 
     @guarded
+    def collection_options(self, name: str) -> JSONDict:
+        conn = self._reader()
+        c = self._collection(conn, name)
+        row = conn.execute(
+            "SELECT options FROM collection_options WHERE collection_id = ?", (c.id,)
+        ).fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
+    @guarded
+    def set_collection_options(self, name: str, options: JSONDict) -> None:
+        text = json.dumps(dict(options), sort_keys=True)
+        with self._write_lock, self._transaction() as conn:
+            c = self._collection_row(conn, name)
+            conn.execute(
+                "INSERT INTO collection_options (collection_id, options) VALUES (?, ?) "
+                "ON CONFLICT (collection_id) DO UPDATE SET options = excluded.options",
+                (c.id, text),
+            )
+
+    @guarded
     def delete_collection(self, name: str) -> None:
         with self._write_lock:
             with self._transaction() as conn:
@@ -405,6 +429,7 @@ class SqliteStore(SearchByRefs):
                 conn.execute(f"DROP TABLE IF EXISTS fts_{c.id}")
                 conn.execute("DELETE FROM chunks WHERE collection_id = ?", (c.id,))
                 conn.execute("DELETE FROM documents WHERE collection_id = ?", (c.id,))
+                conn.execute("DELETE FROM collection_options WHERE collection_id = ?", (c.id,))
                 conn.execute("DELETE FROM collections WHERE id = ?", (c.id,))
             with self._cache_lock:
                 self._collections_epoch += 1
