@@ -56,6 +56,15 @@ def test_collections_documents_and_search(rs: Client) -> None:
     assert [x.status for x in out.results] == ["created"] * 4
     assert rs.get_collection("kb").documents == 4
     assert "kb" in [c.name for c in rs.list_collections()]
+    assert rs.get_collection("kb").fusion is None
+    tuned = rs.update_collection("kb", fusion={"method": "zscore", "weights": "auto"})
+    assert tuned.fusion is not None and (tuned.fusion.method, tuned.fusion.weights) == (
+        "zscore",
+        "auto",
+    )
+    with pytest.raises(errors.InvalidInput):
+        rs.update_collection("kb", fusion={"weights": {"dense": 0, "lexical": 0}})
+    assert rs.update_collection("kb", fusion=None).fusion is None
 
     for mode in ("dense", "lexical", "hybrid"):
         hits = rs.search("kb", "how many hearts does an octopus have", mode=mode).results
@@ -141,7 +150,9 @@ def test_async_client(url: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with AsyncClient(url, api_key=KEY) as rs:
             assert (await rs.health()).status == "ok"
-            await rs.create_collection("async")
+            made = await rs.create_collection("async", fusion={"method": "rrf"})
+            assert made.fusion is not None and made.fusion.method == "rrf"
+            assert (await rs.update_collection("async", fusion=None)).fusion is None
             await rs.add_documents("async", DOCS)
             await rs.upload("async", tmp_path / "owls.txt")
             both = await asyncio.gather(

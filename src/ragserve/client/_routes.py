@@ -31,10 +31,16 @@ def ready() -> Call[s.Readiness]:
     return Call("GET", "/readyz", model(s.Readiness), ok=frozenset({200, 503}), retry=False)
 
 
-def create_collection(name: str, embedder: str | None) -> Call[s.Collection]:
-    return Call(
-        "POST", "/v1/collections", model(s.Collection), json=drop_none(name=name, embedder=embedder)
-    )
+def create_collection(
+    name: str, embedder: str | None, fusion: Mapping[str, Any] | None = None
+) -> Call[s.Collection]:
+    body = drop_none(name=name, embedder=embedder, fusion=dict(fusion) if fusion else None)
+    return Call("POST", "/v1/collections", model(s.Collection), json=body)
+
+
+def update_collection(name: str, fusion: Mapping[str, Any] | None) -> Call[s.Collection]:
+    body = {"fusion": dict(fusion) if fusion is not None else None}
+    return Call("PATCH", _collection(name), model(s.Collection), json=body)
 
 
 def _collections(r: httpx.Response) -> list[s.Collection]:

@@ -95,9 +95,22 @@ class AsyncClient:
 
     # ---------------------------------------------------------------------------- collections
 
-    async def create_collection(self, name: str, embedder: str | None = None) -> s.Collection:
-        """Create a collection (idempotent for the same embedder; another embedder: Conflict)."""
-        return await self.send(r.create_collection(name, embedder))
+    async def create_collection(
+        self,
+        name: str,
+        embedder: str | None = None,
+        *,
+        fusion: Mapping[str, Any] | None = None,
+    ) -> s.Collection:
+        """Create a collection (idempotent for the same embedder; another embedder: Conflict);
+        ``fusion``: its default fusion, e.g. ``{"method": "minmax", "weights": "auto"}``."""
+        return await self.send(r.create_collection(name, embedder, fusion))
+
+    async def update_collection(
+        self, name: str, *, fusion: Mapping[str, Any] | None
+    ) -> s.Collection:
+        """Set (keys left out: the server's default) or clear (None) the default fusion."""
+        return await self.send(r.update_collection(name, fusion))
 
     async def list_collections(self) -> list[s.Collection]:
         return await self.send(r.list_collections())

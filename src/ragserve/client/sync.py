@@ -95,9 +95,20 @@ class Client:
 
     # ---------------------------------------------------------------------------- collections
 
-    def create_collection(self, name: str, embedder: str | None = None) -> s.Collection:
-        """Create a collection (idempotent for the same embedder; another embedder: Conflict)."""
-        return self.send(r.create_collection(name, embedder))
+    def create_collection(
+        self,
+        name: str,
+        embedder: str | None = None,
+        *,
+        fusion: Mapping[str, Any] | None = None,
+    ) -> s.Collection:
+        """Create a collection (idempotent for the same embedder; another embedder: Conflict);
+        ``fusion``: its default fusion, e.g. ``{"method": "minmax", "weights": "auto"}``."""
+        return self.send(r.create_collection(name, embedder, fusion))
+
+    def update_collection(self, name: str, *, fusion: Mapping[str, Any] | None) -> s.Collection:
+        """Set (keys left out: the server's default) or clear (None) the default fusion."""
+        return self.send(r.update_collection(name, fusion))
 
     def list_collections(self) -> list[s.Collection]:
         return self.send(r.list_collections())
