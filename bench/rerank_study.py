@@ -35,11 +35,12 @@ Fuse = Callable[..., Any]
 
 
 class DiskLogits:
-    """(reranker, query, passage) -> logit, persisted as JSON."""
+    """A reranker (``score_pairs``) whose (query, passage) logits are kept on disk as JSON."""
 
-    def __init__(self, path: Path, score: Callable[[str, Sequence[str]], Any]) -> None:
+    def __init__(self, path: Path, inner: Any) -> None:
         self.path = path
-        self.score_fn = score
+        self.inner = inner
+        self.name = inner.name
         self.cache: dict[str, float] = (
             json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         )
@@ -49,11 +50,11 @@ class DiskLogits:
     def key(query: str, passage: str) -> str:
         return hashlib.sha1(f"{query}\x00{passage}".encode()).hexdigest()
 
-    def __call__(self, query: str, passages: Sequence[str], model: str | None = None) -> Any:
-        keys = [self.key(query, p) for p in passages]
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        keys = [self.key(q, p) for q, p in pairs]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
-            logits = self.score_fn(query, [passages[i] for i in missing])
+            logits = self.inner.score_pairs([pairs[i] for i in missing])
             for i, logit in zip(missing, np.asarray(logits).tolist(), strict=True):
                 self.cache[keys[i]] = float(logit)
             self.calls += 1
@@ -132,9 +133,9 @@ def main() -> None:
     tag = hashlib.sha256(str(args.dataset.resolve()).encode()).hexdigest()[:8]
     logits = DiskLogits(
         OUT / f"logits-{settings.reranker}-{settings.rerank_max_length}-{tag}.json",
-        service.rerank,
+        service.reranker(),
     )
-    service.rerank = logits  # type: ignore[method-assign]
+    service.reranker = lambda name=None: logits  # type: ignore[method-assign,assignment]
     shipped = search_mod.rerank_fuse
     table: dict[str, Any] = {}
     for top_n in args.top_n:
