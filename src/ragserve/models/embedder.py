@@ -19,7 +19,7 @@ from tokenizers import Encoding, Tokenizer
 
 from ragserve.errors import InvalidInput
 from ragserve.models.cache import CachedModel
-from ragserve.models.catalog import Pooling
+from ragserve.models.catalog import ModelSpec, Pooling
 from ragserve.models.runtime import SessionConfig, build_session, load_tokenizer
 
 Vectors = npt.NDArray[np.float32]
@@ -75,6 +75,16 @@ def check_texts(texts: Sequence[object], what: str = "input") -> None:
 #: most ``max_length`` tokens and a token covers at least one character (in practice 4), so
 #: cutting at 64 a token changes nothing but what a megabyte of text costs the tokenizer.
 CHARS_PER_TOKEN_KEPT = 64
+
+
+def text_prefix(spec: ModelSpec, *, query: bool, instruction: bool = True) -> str:
+    """What goes before a text the model embeds: the document prefix, or the query prefix
+    (left out when ``instruction`` is false and the spec marks it optional)."""
+    if not query:
+        return spec.document_prefix
+    if instruction or not spec.query_prefix_optional:
+        return spec.query_prefix
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +214,7 @@ class OnnxEmbedder:
         self, texts: Sequence[str], *, query: bool, instruction: bool = True
     ) -> list[Encoding]:
         """``instruction=False``: leave out a query prefix the spec marks optional."""
-        if not query:
-            prefix = self.spec.document_prefix
-        elif instruction or not self.spec.query_prefix_optional:
-            prefix = self.spec.query_prefix
-        else:
-            prefix = ""
+        prefix = text_prefix(self.spec, query=query, instruction=instruction)
         keep = self.spec.max_length * CHARS_PER_TOKEN_KEPT
         checked = [prefix + check_text(t)[:keep] for t in texts]
         return list(self._tokenizer.encode_batch(checked, add_special_tokens=True))

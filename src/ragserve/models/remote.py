@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -38,7 +38,7 @@ from ragserve.config import Settings
 from ragserve.errors import InvalidInput, ModelMismatch, ModelUnavailable
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Kind, ModelSpec
-from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Vectors, token_spans
+from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Vectors, text_prefix, token_spans
 from ragserve.models.reranker import Scores
 from ragserve.models.runtime import load_tokenizer
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EmbedderApi = Literal["ragserve", "openai", "infinity"]
 RerankerApi = Literal["ragserve", "tei", "infinity", "cohere"]
+Api = TypeVar("Api", EmbedderApi, RerankerApi)
 
 #: First retry delay (seconds), doubled per retry up to the cap; each delay is jittered.
 BACKOFF = 0.05
@@ -215,7 +216,33 @@ def parse_embeddings(body: Any, count: int, url: str) -> tuple[Vectors, str | No
     return np.ascontiguousarray(vectors, dtype=np.float32), name
 
 
-class RemoteEmbedder:
+class _Remote(Generic[Api]):
+    """What a remote model is: its spec, its server and how to call it."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        client: ModelClient,
+        *,
+        api: Api,
+        remote_name: str | None = None,
+        timeout: float = 5.0,
+        max_inputs: int = 256,
+    ) -> None:
+        self.spec = spec
+        self.client = client
+        self.api: Api = api
+        #: The ``model`` sent; a ragserve server is always told which of its models to use.
+        self.remote_name = remote_name or (spec.name if api == "ragserve" else None)
+        self.timeout = timeout
+        self.max_inputs = max_inputs
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class RemoteEmbedder(_Remote[EmbedderApi]):
     """An :class:`~ragserve.models.embedder.Embedder` whose model runs on a model server."""
 
     def __init__(
@@ -229,21 +256,12 @@ class RemoteEmbedder:
         timeout: float = 5.0,
         max_inputs: int = 256,
     ) -> None:
-        self.spec = spec
-        self.client = client
-        self.api = api
-        #: The ``model`` sent; a ragserve server is always told which of its models to use.
-        self.remote_name = remote_name or (spec.name if api == "ragserve" else None)
-        self.timeout = timeout
-        self.max_inputs = max_inputs
+        super().__init__(
+            spec, client, api=api, remote_name=remote_name, timeout=timeout, max_inputs=max_inputs
+        )
         self._tokenizer = tokenizer
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self._checked = False
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     @property
     def dimension(self) -> int:
@@ -279,14 +297,8 @@ class RemoteEmbedder:
         :class:`~ragserve.models.embedder.OnnxEmbedder` does before tokenizing."""
         if self.api == "ragserve":
             return list(texts)
-        spec = self.spec
-        if not query:
-            prefix = spec.document_prefix
-        elif instruction or not spec.query_prefix_optional:
-            prefix = spec.query_prefix
-        else:
-            prefix = ""
-        keep = spec.max_length * CHARS_PER_TOKEN_KEPT
+        prefix = text_prefix(self.spec, query=query, instruction=instruction)
+        keep = self.spec.max_length * CHARS_PER_TOKEN_KEPT
         return [prefix + t[:keep] for t in texts]
 
     def _call(
@@ -368,29 +380,8 @@ def parse_rerank(body: Any, count: int, *, api: RerankerApi, url: str) -> Scores
     return out.astype(np.float32)
 
 
-class RemoteReranker:
+class RemoteReranker(_Remote[RerankerApi]):
     """A :class:`~ragserve.models.reranker.Reranker` whose model runs on a model server."""
-
-    def __init__(
-        self,
-        spec: ModelSpec,
-        client: ModelClient,
-        *,
-        api: RerankerApi = "ragserve",
-        remote_name: str | None = None,
-        timeout: float = 5.0,
-        max_inputs: int = 256,
-    ) -> None:
-        self.spec = spec
-        self.client = client
-        self.api = api
-        self.remote_name = remote_name or (spec.name if api == "ragserve" else None)
-        self.timeout = timeout
-        self.max_inputs = max_inputs
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def score(self, query: str, passages: Sequence[str]) -> Scores:
         out = np.empty(len(passages), dtype=np.float32)
