@@ -318,6 +318,15 @@ class Settings(BaseSettings):
         description="Most documents or uploaded files in one ingest request, inputs of one "
         "`/v1/embeddings` call, documents of one `/v1/rerank` call; more: 413.",
     )
+    max_documents_per_job: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most documents or uploaded files in one ingest job (`POST "
+        "/v1/collections/{name}/jobs`; the body stays under `RAGSERVE_MAX_BODY_BYTES`).",
+    )
+    max_queued_jobs: int = Field(
+        default=16, ge=1, description="Ingest jobs that may wait for the job thread; more: 429."
+    )
     max_query_chars: int = Field(default=4096, ge=1, description="Longest query.")
     max_top_k: int = Field(default=1000, ge=1, description="Largest `top_k`.")
 

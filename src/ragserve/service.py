@@ -255,11 +255,13 @@ class RetrievalService:
         return Reranked(self.reranker(model).name, ranked)
 
     def documents_from_records(
-        self, records: Sequence[DocumentRecord]
+        self, records: Sequence[DocumentRecord], *, most: int | None = None
     ) -> list[Document | IngestFailure]:
         """Documents given as records (JSON): each checked as a record of an uploaded JSONL file
-        is, so one bad document fails alone; one without an id gets :func:`document_id_for`."""
-        self._check_count(len(records), "documents in one request")
+        is, so one bad document fails alone; one without an id gets :func:`document_id_for`.
+        At most ``most`` (default: ``RAGSERVE_MAX_DOCUMENTS_PER_REQUEST``; an ingest job's is
+        ``RAGSERVE_MAX_DOCUMENTS_PER_JOB``)."""
+        self._check_count(len(records), "documents in one request", most)
         s = self.settings
         items: list[Document | IngestFailure] = []
         for index, r in enumerate(records):
@@ -276,9 +278,9 @@ class RetrievalService:
 
     # ------------------------------------------------------------------ limits
 
-    def _check_count(self, count: int, what: str) -> None:
+    def _check_count(self, count: int, what: str, most: int | None = None) -> None:
         """``RAGSERVE_MAX_DOCUMENTS_PER_REQUEST``: documents, files, inputs of one request."""
-        most = self.settings.max_documents_per_request
+        most = most or self.settings.max_documents_per_request
         if count > most:
             raise PayloadTooLarge(f"{count} {what}; the limit is {most}")
 

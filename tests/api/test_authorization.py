@@ -42,6 +42,7 @@ CASES: dict[str, Case] = {
     "update_collection": Case(
         "PATCH", "/v1/collections/{c}", "write", json={"fusion": {"method": "rrf"}}
     ),
+    "update_collection": Case("PATCH", "/v1/collections/{c}", "write", json={"fusion": None}),
     "delete_collection": Case("DELETE", "/v1/collections/{c}", "admin"),
     "add_documents": Case(
         "POST",
@@ -57,6 +58,12 @@ CASES: dict[str, Case] = {
     "create_key": Case("POST", "/v1/keys", "admin", "all", json={"name": "k"}),
     "list_keys": Case("GET", "/v1/keys", "admin", "all"),
     "revoke_key": Case("DELETE", "/v1/keys/000000000000", "admin", "all"),
+    "create_job": Case(
+        "POST", "/v1/collections/{c}/jobs", "write", json={"documents": [{"text": "in a job"}]}
+    ),
+    "list_jobs": Case("GET", "/v1/jobs", "read", "own"),
+    "get_job": Case("GET", "/v1/jobs/{job}", "read"),
+    "cancel_job": Case("POST", "/v1/jobs/{job}/cancel", "write"),
     "metrics": Case("GET", "/metrics", "read", "all"),
     "stats": Case("GET", "/v1/stats", "read", "all"),
 }
@@ -81,6 +88,7 @@ ROLES = ("read", "write", "admin")
 
 @dataclass
 class Keys:
+    jobs: dict[str, str]  # collection -> a job of it
     read_a: str
     write_a: str
     admin_a: str
@@ -92,13 +100,17 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, Keys]]:
     settings = make_settings(tmp_path, api_keys=[GLOBAL_KEY])
     for client in ready_client(settings, make_service(settings)):
         auth = {"Authorization": f"Bearer {GLOBAL_KEY}"}
+        jobs = {}
         for name in ("A", "B"):
             assert client.post("/v1/collections", json={"name": name}, headers=auth).is_success
             docs = {"documents": [{"id": "d1", "text": "cats purr and chase mice"}]}
             r = client.post(f"/v1/collections/{name}/documents", json=docs, headers=auth)
             assert r.is_success
+            r = client.post(f"/v1/collections/{name}/jobs", json=docs, headers=auth)
+            jobs[name] = r.json()["id"]
         store: KeyStore = client.app.state.keys  # type: ignore[attr-defined]
         keys = Keys(
+            jobs=jobs,
             read_a=store.create("ra", "read", ["A"])[0],
             write_a=store.create("wa", "write", ["A"])[0],
             admin_a=store.create("aa", "admin", ["A"])[0],
@@ -107,10 +119,12 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, Keys]]:
         yield client, keys
 
 
-def _send(client: TestClient, case: Case, collection: str, key: str | None) -> int:
+def _send(
+    client: TestClient, case: Case, collection: str, key: str | None, jobs: dict[str, str]
+) -> int:
     def fill(value: Any) -> Any:
         if isinstance(value, str):
-            return value.replace("{c}", collection)
+            return value.replace("{c}", collection).replace("{job}", jobs.get(collection, ""))
         if isinstance(value, dict):
             return {k: fill(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -157,20 +171,20 @@ def test_every_route_has_an_authorization_case(app_client: tuple[TestClient, Key
 def test_route_obeys_every_kind_of_key(app_client: tuple[TestClient, Keys], operation: str) -> None:
     client, keys = app_client
     case = CASES[operation]
-    assert _send(client, case, "A", None) == 401
-    assert _send(client, case, "A", "rsk_000000000000_" + "x" * 43) == 401
-    assert _send(client, case, "A", GLOBAL_KEY + "x") == 401
+    assert _send(client, case, "A", None, keys.jobs) == 401
+    assert _send(client, case, "A", "rsk_000000000000_" + "x" * 43, keys.jobs) == 401
+    assert _send(client, case, "A", GLOBAL_KEY + "x", keys.jobs) == 401
     scoped = [("read", False, keys.read_a), ("write", False, keys.write_a),
               ("admin", False, keys.admin_a), ("read", True, keys.read_all)]  # fmt: skip
     for collection in ("B", "A"):  # B first: an allowed delete on A must not hide the rest
         for role, every, key in scoped:
-            status = _send(client, case, collection, key)
+            status = _send(client, case, collection, key, keys.jobs)
             want_allowed = _allowed(role, every, case, collection)
             assert (status not in (401, 403)) == want_allowed, (
                 f"{operation} on {collection} with a {role} key "
                 f"({'every collection' if every else 'A only'}): {status}"
             )
-    assert _send(client, case, "B", GLOBAL_KEY) not in (401, 403)
+    assert _send(client, case, "B", GLOBAL_KEY, keys.jobs) not in (401, 403)
 
 
 @pytest.mark.parametrize("path", sorted(SELF_CHECKED))
@@ -179,10 +193,10 @@ def test_routes_that_check_keys_themselves_take_scoped_keys(
 ) -> None:
     client, keys = app_client
     case = SELF_CHECKED[path]
-    assert _send(client, case, "A", None) == 401
-    assert _send(client, case, "A", keys.read_a[:-1] + "#") == 401
-    assert _send(client, case, "A", keys.read_a) not in (401, 403)
-    assert _send(client, case, "A", GLOBAL_KEY) not in (401, 403)
+    assert _send(client, case, "A", None, keys.jobs) == 401
+    assert _send(client, case, "A", keys.read_a[:-1] + "#", keys.jobs) == 401
+    assert _send(client, case, "A", keys.read_a, keys.jobs) not in (401, 403)
+    assert _send(client, case, "A", GLOBAL_KEY, keys.jobs) not in (401, 403)
 
 
 def test_public_routes_need_no_key(app_client: tuple[TestClient, Keys]) -> None:
@@ -206,6 +220,9 @@ def test_read_only_key_is_refused_writes_to_its_collection_and_anything_of_anoth
     assert r.status_code == 403
     listed = client.get("/v1/collections", headers=auth).json()["collections"]
     assert [c["name"] for c in listed] == ["A"]
+    jobs = client.get("/v1/jobs", headers=auth).json()["jobs"]
+    assert [j["collection"] for j in jobs] == ["A"]
+    assert client.get(f"/v1/jobs/{keys.jobs['B']}", headers=auth).status_code == 403
 
 
 def test_keys_through_the_admin_route_and_revocation(app_client: tuple[TestClient, Keys]) -> None:

@@ -50,7 +50,9 @@ SEMANTIC_422 = {
     "POST /v1/collections",
     "PATCH /v1/collections/{name}",
 }
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# create_job starts work that outlives its request (and runs concurrently with the operations
+# tested after it); tests/api/test_jobs.py checks its contract.
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(operation_id="create_job")
 
 
 @schema.parametrize()

@@ -27,12 +27,14 @@ from ragserve.api.admin import admin_router
 from ragserve.api.auth import document_security
 from ragserve.api.docs import install_docs
 from ragserve.api.errors import install_error_handlers
+from ragserve.api.jobs import jobs_router
 from ragserve.api.middleware import BodyLimitMiddleware
 from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
 from ragserve.config import Settings
 from ragserve.console import install_console
 from ragserve.errors import RagserveError
+from ragserve.jobs import Jobs
 from ragserve.keys import KeyStore
 from ragserve.mcp_server import install_mcp
 from ragserve.metrics import AdmissionCollector
@@ -121,6 +123,7 @@ def create_app(
             async with mcp_sessions():
                 yield
         finally:
+            await to_thread.run_sync(app.state.jobs.close)  # the running job stops first
             admission.close()
             parsing = getattr(app.state, "parsing", None)
             if parsing is not None:  # the upload parser processes (routes._parsing)
@@ -143,6 +146,11 @@ def create_app(
     app.state.admission = admission  # bounded queues per kind of work (routes.admitted)
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.state.keys = KeyStore(settings.data_dir)  # scoped keys (ragserve.keys)
+    app.state.jobs = Jobs(  # ingest jobs (ragserve.jobs)
+        settings.data_dir,
+        lambda: state.service if state.ready else None,
+        max_queued=settings.max_queued_jobs,
+    )
     document_security(app)
     install_error_handlers(app)
     install_docs(app)
@@ -150,6 +158,7 @@ def create_app(
     mcp_sessions: Callable[[], AbstractAsyncContextManager[None]] = nullcontext
     if settings.role != "models":  # a model server has no collections (ragserve.roles)
         app.include_router(collections_router)
+        app.include_router(jobs_router)
         mcp_sessions = install_mcp(app, settings.host)  # /mcp and /ui work on collections
         install_console(app)
     app.include_router(models_router)

@@ -206,21 +206,22 @@ _DOCUMENTS_BODY = {
 
 
 async def _documents_from_request(
-    request: Request, svc: RetrievalService
+    request: Request, svc: RetrievalService, most: int | None = None
 ) -> list[Document | IngestFailure]:
     """Documents (or per-document failures) from a JSON body or uploaded files.
 
     Files are parsed in worker processes with per-document budgets
     (:mod:`ragserve.ingest.worker`), never on the event loop; JSON is validated on a thread."""
     settings = svc.settings
-    most = settings.max_documents_per_request
+    files = settings.max_documents_per_request  # files per request, whatever ``most`` is
+    most = most or settings.max_documents_per_request
     too_many = f"more than {most} documents or files in one request; the limit is {most}"
     content_type = request.headers.get("content-type", "")
     items: list[Document | IngestFailure] = []
     if content_type.startswith("multipart/form-data"):
         parsing = _parsing(request, settings)
         try:
-            async with request.form(max_files=most) as form:
+            async with request.form(max_files=files) as form:
                 uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
                 if not uploads:
                     raise InvalidInput("multipart body has no files")
@@ -232,28 +233,42 @@ async def _documents_from_request(
                         raise PayloadTooLarge(too_many)
         except StarletteHTTPException as exc:
             if exc.status_code == 400 and "Too many files" in str(exc.detail):
-                raise PayloadTooLarge(too_many) from None
+                raise PayloadTooLarge(
+                    f"more than {files} documents or files in one request; the limit is {files}"
+                ) from None
             raise
         return items
     if not content_type.startswith("application/json"):
         raise InvalidInput("send application/json or multipart/form-data")
     raw = await request.body()
-    return await to_thread.run_sync(_json_documents, raw, svc)
+    return await to_thread.run_sync(_json_documents, raw, svc, most)
 
 
-def _json_documents(raw: bytes, svc: RetrievalService) -> list[Document | IngestFailure]:
+def _json_documents(
+    raw: bytes, svc: RetrievalService, most: int | None = None
+) -> list[Document | IngestFailure]:
     """The documents of a JSON body, each checked (on a worker thread: a body may be 64 MB)."""
     try:
         # json.loads, as FastAPI parses the other routes' bodies: a lone surrogate escape is
         # JSON, and fails its own document below (pydantic's parser refuses the whole body).
-        body = s.DocumentsIn.model_validate(json.loads(raw))
+        data = json.loads(raw)
     except ValueError as exc:  # not JSON at all (or not UTF-8): malformed, 400 like every route
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
         raise StarletteHTTPException(400, f"request body is not valid JSON: {exc}") from None
-    return svc.documents_from_records(body.documents)
+    return documents_of(data, svc, most)
+
+
+def documents_of(
+    data: object, svc: RetrievalService, most: int | None = None
+) -> list[Document | IngestFailure]:
+    """The documents of a parsed JSON body (``{"documents": [...]}``), each checked; at most
+    ``most`` (default: ``RAGSERVE_MAX_DOCUMENTS_PER_REQUEST``)."""
+    try:
+        body = s.DocumentsIn.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
+    return svc.documents_from_records(body.documents, most=most)
 
 
 @dataclass
