@@ -42,7 +42,6 @@ CASES: dict[str, Case] = {
     "update_collection": Case(
         "PATCH", "/v1/collections/{c}", "write", json={"fusion": {"method": "rrf"}}
     ),
-    "update_collection": Case("PATCH", "/v1/collections/{c}", "write", json={"fusion": None}),
     "delete_collection": Case("DELETE", "/v1/collections/{c}", "admin"),
     "add_documents": Case(
         "POST",

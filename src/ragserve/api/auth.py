@@ -64,7 +64,6 @@ RULES: dict[str, Rule] = {
     "create_collection": Rule(Role.WRITE, _body),
     "update_collection": Rule(Role.WRITE, _path),
     "get_collection": Rule(Role.READ, _path),
-    "update_collection": Rule(Role.WRITE, _path),
     "delete_collection": Rule(Role.ADMIN, _path),
     "add_documents": Rule(Role.WRITE, _path),
     "get_document": Rule(Role.READ, _path),
