@@ -49,13 +49,13 @@ class CachedLogits:
     def _key(self, query: str, passage: str) -> str:
         return hashlib.sha1(f"{self.tag}\0{query}\0{passage}".encode()).hexdigest()
 
-    def score(self, query: str, passages: Sequence[str]) -> Scores:
-        keys = [self._key(query, p) for p in passages]
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> Scores:
+        keys = [self._key(q, p) for q, p in pairs]
         missing = [i for i, k in enumerate(keys) if k not in self.table]
         if missing:
             t = time.perf_counter()
-            logits = self.inner.score(query, [passages[i] for i in missing])
-            if len(missing) == len(passages):
+            logits = self.inner.score_pairs([pairs[i] for i in missing])
+            if len(missing) == len(pairs):
                 self.times_ms.append((time.perf_counter() - t) * 1000)
             for i, x in zip(missing, logits, strict=True):
                 self.table[keys[i]] = float(x)

@@ -153,9 +153,10 @@ class Settings(BaseSettings):
         "maximum).",
     )
     rerank_window: bool = Field(
-        default=True,
+        default=False,
         description="A passage too long for the reranker is cut to its window that holds the "
-        "most query tokens, not to its head.",
+        "most query tokens, not to its head (students of `models distill-reranker` are trained "
+        "on such windows).",
     )
 
     # --- remote models (a model server: ragserve --role models, TEI, Infinity, vLLM) ----------

@@ -33,7 +33,7 @@ from ragserve.models.manager import ModelManager
 from ragserve.service import RetrievalService
 from ragserve.store.base import open_store
 from tests.fakes import FakeEmbedder
-from tests.models.test_export import WORDS
+from tests.models.test_export import WORDS, write_tiny_tokenizer
 
 FAKE_EMBEDDER = custom_spec("fake-embedder", path=Path("/nonexistent"), dimension=64)
 
@@ -145,36 +145,24 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    from ragserve.models.distill import _export_graph
+    from ragserve.models.export import trace_to_onnx
 
     path = tmp_path_factory.mktemp("tiny-teacher")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    words = list(WORDS)
     for _, title, text in DOCS:
-        vocab += [w.strip(".,").lower() for w in f"{title} {text}".split()]
-    vocab += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
-    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
-    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
-    )
-    tokenizer.save(str(path / "tokenizer.json"))
+        words += [w.strip(".,").lower() for w in f"{title} {text}".split()]
+    vocab_size = write_tiny_tokenizer(path / "tokenizer.json", words)
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=len(ids), hidden_size=48, num_hidden_layers=3, num_attention_heads=12,
+        vocab_size=vocab_size, hidden_size=48, num_hidden_layers=3, num_attention_heads=12,
         intermediate_size=96, max_position_embeddings=128, num_labels=1,
     )  # fmt: skip
     config._attn_implementation = "eager"
     model = transformers.BertForSequenceClassification(config).eval()
     torch.set_grad_enabled(False)
     np.savez(path / "fp32.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
-    _export_graph(model, path / "fp32.onnx")
+    trace_to_onnx(model, path / "fp32.onnx", "logits")
     quantize_dynamic(
         str(path / "fp32.onnx"), str(path / "model.onnx"), weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul", "Gather"],

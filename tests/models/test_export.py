@@ -132,16 +132,12 @@ def test_importing_the_models_and_export_code_does_not_import_torch() -> None:
 # ----------------------------------------------------------------------------- with torch
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT in sentence-transformers layout, with a WordPiece tokenizer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def write_tiny_tokenizer(path: Path, words: list[str]) -> int:
+    """A lower-casing WordPiece tokenizer over ``words`` (+ characters); its vocabulary size."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
     ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
     tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
@@ -152,10 +148,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
     )
-    tokenizer.save(str(path / "tokenizer.json"))
+    tokenizer.save(str(path))
+    return len(ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT in sentence-transformers layout, with a WordPiece tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab_size = write_tiny_tokenizer(path / "tokenizer.json", WORDS)
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=len(ids),
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,

@@ -523,38 +523,6 @@ def train(
 # ------------------------------------------------------------------------------ export
 
 
-def _export_graph(student: Any, out: Path, opset: int = 17) -> None:
-    import torch
-
-    class _Logits(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).logits
-
-    dummy = torch.ones(2, 16, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Logits(student),
-            (dummy, dummy, torch.zeros_like(dummy)),
-            str(out),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-
-
 def _reranker_spec(name: str, path: Path, max_length: int, description: str) -> ModelSpec:
     return custom_spec(
         name,
@@ -576,7 +544,13 @@ def export_student(
     """``models export``'s pipeline for a cross-encoder: export, fuse, int8 (word embeddings
     too), validated against the fp32 student's logits on ``pairs``; FFN output projections are
     kept in fp32 (first layers first) while the correlation is below ``min_correlation``."""
-    from ragserve.models.export import SourceInfo, ffn_output_matmuls, fuse, quantize
+    from ragserve.models.export import (
+        SourceInfo,
+        ffn_output_matmuls,
+        fuse,
+        quantize,
+        trace_to_onnx,
+    )
 
     config = student.config
     info = SourceInfo(
@@ -595,7 +569,7 @@ def export_student(
     spec = _reranker_spec("distill-candidate", out, options.max_length, "validation")
     with tempfile.TemporaryDirectory(prefix="ragserve-distill-") as tmp:
         raw, fused = Path(tmp) / "raw.onnx", Path(tmp) / "fused.onnx"
-        _export_graph(student, raw)
+        trace_to_onnx(student, raw, "logits")
         stats = fuse(raw, fused, info)
         candidates = ffn_output_matmuls(fused)
         for n_kept in range(len(candidates) + 1):

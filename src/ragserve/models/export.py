@@ -231,33 +231,40 @@ def _load_torch_model(info: SourceInfo) -> Any:
 
 def export_onnx(info: SourceInfo, out: Path, *, opset: int = 17) -> None:
     """Trace the fp32 encoder to ONNX: inputs ids/mask/types, output ``last_hidden_state``."""
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = _load_torch_model(info)
+        trace_to_onnx(_load_torch_model(info), out, "last_hidden_state", opset=opset)
 
-        class _Encoder(torch.nn.Module):
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
 
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return self.inner(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                ).last_hidden_state
+def trace_to_onnx(model: Any, out: Path, output: str, *, opset: int = 17) -> None:
+    """``torch.onnx.export`` of a Hugging Face BERT's ``output`` (``last_hidden_state`` of an
+    encoder, ``logits`` of a cross-encoder): inputs ids / mask / types, batch and sequence
+    dynamic."""
+    import torch
 
-        dummy = torch.ones(2, 16, dtype=torch.long)
-        names = ["input_ids", "attention_mask", "token_type_ids"]
-        axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    class _Output(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            result = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return getattr(result, output)
+
+    dummy = torch.ones(2, 16, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Encoder(model),
+            _Output(model),
             (dummy, dummy, torch.zeros_like(dummy)),
             str(out),
             input_names=names,
-            output_names=["last_hidden_state"],
+            output_names=[output],
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,

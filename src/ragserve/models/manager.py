@@ -265,7 +265,7 @@ class ModelManager:
     embedder_runs: int = 1
     batching: Batching = field(default_factory=Batching)
     rerank_max_length: int = 256
-    rerank_window: bool = True
+    rerank_window: bool = False
     verify_hashes: bool = True
     #: Models served by a model server (RAGSERVE_EMBEDDER_URL / RAGSERVE_RERANKER_URL).
     remote: RemoteModels | None = None
