@@ -5,6 +5,7 @@ real app on uvicorn with a reranker that blocks until the test lets it go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +243,22 @@ def test_scoped_keys(url: str, rs: Client) -> None:
         assert rs.revoke_key(created.id).revoked_at is not None
         with pytest.raises(errors.Unauthorized):
             reader.search("scoped", "octopus hearts")
+
+
+def test_ingest_jobs(url: str, rs: Client, tmp_path: Path) -> None:
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    if "/v1/jobs" not in paths:
+        pytest.skip("this build has no ingest job routes")
+    rs.create_collection("jobs")
+    job = rs.create_job("jobs", DOCS, source="seed")
+    assert job["state"] in ("queued", "running", "succeeded") and job["total"] == 3
+    done = rs.wait_job(job["id"], poll=0.1)
+    assert done["state"] == "succeeded" and done["created"] == 3, done
+    assert job["id"] in [j["id"] for j in rs.list_jobs()]
+    (tmp_path / "owls.txt").write_text("Owls hunt at night.")
+    uploaded = rs.wait_job(rs.create_job("jobs", (), tmp_path / "owls.txt")["id"], poll=0.1)
+    assert uploaded["state"] == "succeeded" and rs.get_collection("jobs").documents == 4
+    with pytest.raises(errors.NotFound):
+        rs.get_job("no-such-job")
+    with contextlib.suppress(errors.Conflict):  # finished: nothing to stop
+        assert rs.cancel_job(done["id"])["state"] == "succeeded"

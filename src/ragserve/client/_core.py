@@ -152,7 +152,7 @@ class Call(Generic[T]):
     json: Any = None
     files: Callable[[], list[tuple[str, tuple[str, IO[bytes], str]]]] | None = None
     params: Mapping[str, str] | None = None
-    ok: frozenset[int] = field(default_factory=lambda: frozenset({200, 201, 204}))
+    ok: frozenset[int] = field(default_factory=lambda: frozenset({200, 201, 202, 204}))
     #: Whether a 429 / 503 answer may be retried (see :class:`RetryPolicy`).
     retry: bool = True
     #: Called when an attempt ends (its files are closed).
@@ -298,7 +298,11 @@ def batches(files: Sequence[Upload], max_files: int, max_bytes: int) -> Iterator
 
 
 def upload_call(
-    collection: str, batch: list[Upload], tracker: _Tracker, parse: Callable[[httpx.Response], T]
+    collection: str,
+    batch: list[Upload],
+    tracker: _Tracker,
+    parse: Callable[[httpx.Response], T],
+    route: str = "documents",
 ) -> Call[T]:
     """A multipart upload of ``batch``, streamed from disk; a retry starts the batch again."""
     opened: list[_Counted] = []
@@ -320,7 +324,7 @@ def upload_call(
 
     return Call(
         "POST",
-        f"/v1/collections/{segment(collection)}/documents",
+        f"/v1/collections/{segment(collection)}/{route}",
         parse,
         files=files,
         cleanup=close,

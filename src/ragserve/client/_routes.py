@@ -142,13 +142,13 @@ def rerank(
     return Call("POST", "/v1/rerank", model(s.RerankOut), json=body)
 
 
-def _json(r: httpx.Response) -> dict[str, Any]:
+def json_object(r: httpx.Response) -> dict[str, Any]:
     body: dict[str, Any] = r.json()
     return body
 
 
 def stats() -> Call[dict[str, Any]]:
-    return Call("GET", "/v1/stats", _json)
+    return Call("GET", "/v1/stats", json_object)
 
 
 def metrics() -> Call[str]:
@@ -191,3 +191,35 @@ def list_keys() -> Call[list[Key]]:
 
 def revoke_key(key_id: str) -> Call[Key]:
     return Call("DELETE", f"/v1/keys/{segment(key_id)}", _key)
+
+
+# ------------------------------------------------------------------------------ ingest jobs
+
+#: States after which a job no longer changes.
+JOB_DONE = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+
+def create_job(
+    collection: str, documents: Sequence[DocumentLike], source: str | None
+) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"documents": [_document(d) for d in documents]}
+    if source is not None:
+        body["source"] = source
+    return Call("POST", f"{_collection(collection)}/jobs", json_object, json=body)
+
+
+def _jobs(r: httpx.Response) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = r.json()["jobs"]
+    return jobs
+
+
+def list_jobs() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/v1/jobs", _jobs)
+
+
+def get_job(job_id: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/jobs/{segment(job_id)}", json_object)
+
+
+def cancel_job(job_id: str) -> Call[dict[str, Any]]:
+    return Call("POST", f"/v1/jobs/{segment(job_id)}/cancel", json_object)

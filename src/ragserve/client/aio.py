@@ -236,6 +236,44 @@ class AsyncClient:
             )
         )
 
+    # ---------------------------------------------------------------------------- ingest jobs
+
+    async def create_job(
+        self,
+        collection: str,
+        documents: Sequence[r.DocumentLike] = (),
+        *paths: PathLike,
+        source: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Ingest in the background (202): JSON ``documents`` (with ``source``: a sync of that
+        source), or files and folders (``paths``, one request, streamed). Returns the job
+        (``id``, ``state``, counts); follow it with :meth:`get_job` or :meth:`wait_job`."""
+        if not paths:
+            return await self.send(r.create_job(collection, documents, source))
+        files = expand_paths(paths)
+        call = upload_call(collection, files, tracker_for(files, progress), r.json_object, "jobs")
+        return await self.send(call)
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        """The latest jobs of the collections the key reaches, newest first."""
+        return await self.send(r.list_jobs())
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return await self.send(r.get_job(job_id))
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Ask a job to stop between two groups of documents (those stored stay)."""
+        return await self.send(r.cancel_job(job_id))
+
+    async def wait_job(self, job_id: str, poll: float = 0.5) -> dict[str, Any]:
+        """The job once it has finished (succeeded, failed, cancelled or interrupted)."""
+        while True:
+            job = await self.get_job(job_id)
+            if job["state"] in r.JOB_DONE:
+                return job
+            await asyncio.sleep(poll)
+
     # ---------------------------------------------------------------------------- keys (admin)
 
     async def create_key(
