@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from ragserve.api import schemas as s
 from ragserve.api.auth import require_key
+from ragserve.api.routes import _ERRORS
 from ragserve.errors import Unavailable
 from ragserve.keys import KeyInfo, KeyStore
 
@@ -16,16 +17,7 @@ admin_router = APIRouter(
     prefix="/v1/keys",
     tags=["admin"],
     dependencies=[Depends(require_key)],
-    responses={
-        code: {"model": s.ErrorResponse, "description": text}
-        for code, text in {
-            400: "Malformed request body",
-            401: "Missing or invalid API key",
-            403: "The key is not an admin key over every collection",
-            404: "Not found",
-            422: "Invalid request",
-        }.items()
-    },
+    responses={c: _ERRORS[c] for c in (400, 401, 403, 404, 422)},
 )
 
 

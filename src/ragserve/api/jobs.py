@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ragserve.api import schemas as s
 from ragserve.api.auth import principal_of, require_key
 from ragserve.api.routes import (
     _DOCUMENTS_BODY,
+    _ERRORS,
     CollectionName,
     Service,
     _documents_from_request,
@@ -29,19 +29,7 @@ jobs_router = APIRouter(
     prefix="/v1",
     tags=["jobs"],
     dependencies=[Depends(require_key)],
-    responses={
-        code: {"model": s.ErrorResponse, "description": text}
-        for code, text in {
-            400: "Malformed request body",
-            401: "Missing or invalid API key",
-            403: "The key's scope does not cover this request",
-            404: "Not found",
-            413: "Payload too large",
-            422: "Invalid request",
-            429: "Too many jobs waiting (see Retry-After)",
-            503: "Not ready",
-        }.items()
-    },
+    responses={c: _ERRORS[c] for c in (400, 401, 403, 404, 413, 422, 429, 503)},
 )
 
 
