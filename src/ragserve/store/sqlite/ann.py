@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragserve.files import sha256_file, write_atomic
-from ragserve.store.sqlite.meta import AllowedChunks
+from ragserve.store.sqlite.meta import AllowedChunks, assign
 
 #: faiss, untyped: its stubs (1.15) lack classes used here (``SearchParametersHNSW``).
 faiss: Any = _faiss
@@ -250,14 +250,7 @@ class HnswIndex:
         self._set_nodes(keys, np.arange(first, first + len(keys), dtype=np.int64))
 
     def _set_nodes(self, keys: Keys, nodes: Keys) -> None:
-        if len(keys) == 0:
-            return
-        top = int(keys.max()) + 1
-        if top > len(self._node):
-            grown = np.full(max(top, 2 * len(self._node)), -1, dtype=np.int64)
-            grown[: len(self._node)] = self._node
-            self._node = grown
-        self._node[keys] = nodes
+        self._node = assign(self._node, keys, nodes)
 
     def nodes_of(self, keys: Keys) -> Keys:
         """Graph nodes of ``keys`` (-1: not in the index, or deleted)."""

@@ -54,6 +54,20 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
 MASK_CACHE = 16
 
 
+def assign(table: Any, keys: Keys, values: Any) -> Any:
+    """``table[keys] = values`` on a key-indexed array, grown (by doubling, new entries -1) to
+    hold the largest key; returns the array (a new one if it grew)."""
+    if len(keys) == 0:
+        return table
+    top = int(keys.max()) + 1
+    if top > len(table):
+        grown = np.full(max(top, 2 * len(table)), -1, dtype=table.dtype)
+        grown[: len(table)] = table
+        table = grown
+    table[keys] = values
+    return table
+
+
 class _Grow:
     """An append-only numpy array (amortized doubling)."""
 
@@ -238,13 +252,7 @@ class MetadataIndex:
                 if column is None:
                     column = self._columns[path] = _Column()
                 column.add(slot, value)
-            if len(added):
-                top = int(added.max()) + 1
-                if top > len(self._chunk_slot):
-                    grown = np.full(max(top, 2 * len(self._chunk_slot)), -1, dtype=np.int32)
-                    grown[: len(self._chunk_slot)] = self._chunk_slot
-                    self._chunk_slot = grown
-                self._chunk_slot[added] = slot
+            self._chunk_slot = assign(self._chunk_slot, added, slot)
         if self._dead > max(1024, len(self._slot_of)):
             self._compact()
 
@@ -375,12 +383,7 @@ class MetadataKeeper:
             slots = np.array([index._slot_of[d] for d in pairs[:, 1].tolist()], dtype=np.int32)
             keys = pairs[:, 0]
             with index._lock:
-                top = int(keys.max()) + 1
-                if top > len(index._chunk_slot):
-                    grown = np.full(top, -1, dtype=np.int32)
-                    grown[: len(index._chunk_slot)] = index._chunk_slot
-                    index._chunk_slot = grown
-                index._chunk_slot[keys] = slots
+                index._chunk_slot = assign(index._chunk_slot, keys, slots)
         return index
 
     def put(self, cid: int, doc_row: int, metadata: str, removed: Keys, added: Keys) -> None:
