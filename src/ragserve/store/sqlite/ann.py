@@ -59,7 +59,7 @@ COMPACTION_BATCH = 20_000
 SQ_TRAIN_MIN = 1_000
 #: Filtered dense searches allowing at most this many chunks scan them exactly; larger allowed
 #: sets walk the graph with a bitmap (docs/store.md: where the two cost the same).
-FILTER_EXACT_MAX = 20_000
+FILTER_EXACT_MAX = 2_000
 
 
 @dataclass(frozen=True, slots=True)
