@@ -118,7 +118,12 @@ def test_console_end_to_end(url: str, browser: Any, tmp_path: Path) -> None:
     nav = by_id(browser, "nav-search")
     nav.send_keys(Keys.ENTER)
     wait(browser, lambda d: by_id(d, "page-search").is_displayed(), "the search page")
-    Select(by_id(browser, "search-collection")).select_by_value("docs")
+
+    def choose_docs(d: Any) -> bool:  # the page may redraw the options meanwhile: again then
+        Select(by_id(d, "search-collection")).select_by_value("docs")
+        return bool(by_id(d, "search-collection").get_attribute("value") == "docs")
+
+    wait(browser, choose_docs, "docs chosen")
     by_id(browser, "search-query").send_keys("what pulls the oceans" + Keys.ENTER)
     hits = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hits .hit"), "hits")
     assert hits[0].find_element(By.TAG_NAME, "h3").text == "1. tides.md"
