@@ -62,6 +62,12 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+def seed_of(text: str) -> int:
+    """A seed derived from ``text`` that is the same in every run (``hash()`` of a str is not:
+    it changes with PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+
+
 def random_unit(n: int, dim: int, seed: int = 0) -> Vectors:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True))
@@ -222,3 +228,11 @@ def error_of(response: Any) -> dict[str, str]:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"type", "message"}, body
     return dict(body["error"])
+
+
+def crash(store: Any) -> None:
+    """Drop a store as a killed process would: nothing flushed, nothing closed."""
+    store._closed = True
+    for conn in store._conns:
+        conn.close()
+    store._lock_file.close()

@@ -17,8 +17,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
 from ragserve.keys import KeyStore
-
-from .conftest import error_of, make_service, make_settings, ready_client
+from tests.fakes import error_of, make_service, make_settings, ready_client
 
 GLOBAL_KEY = "global-test-key-0123456789"
 

@@ -23,9 +23,14 @@ from ragserve.api.app import create_app
 from ragserve.api.errors import error_response
 from ragserve.config import Settings
 from ragserve.service import RetrievalService
-from tests.fakes import FakeEmbedder, FakeReranker
-
-from .conftest import error_of, make_service, make_settings, ready_client
+from tests.fakes import (
+    FakeEmbedder,
+    FakeReranker,
+    error_of,
+    make_service,
+    make_settings,
+    ready_client,
+)
 
 
 def _ingest(client: TestClient | httpx.Client, docs: list[dict[str, Any]]) -> None:

@@ -10,8 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ragserve.config import Settings
-
-from .conftest import error_of, make_service, make_settings, ready_client
+from tests.fakes import error_of, make_service, make_settings, ready_client
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from ragserve.api.app import create_app
 from ragserve.service import RetrievalService
-
-from .conftest import make_service, make_settings
+from tests.fakes import make_service, make_settings
 
 
 def _app_for_schema() -> tuple[object, RetrievalService]:

@@ -20,8 +20,7 @@ from ragserve.ingest.parsers import ParseError, parse_bytes
 from ragserve.ingest.sources import IngestFailure
 from ragserve.ingest.worker import ParsePool, decode_items, encode_items
 from ragserve.types import Document, Section
-
-from .conftest import MAX, ws_spans
+from tests.ingest.helpers import MAX, ws_spans
 
 W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 

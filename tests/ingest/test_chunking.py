@@ -18,8 +18,7 @@ from ragserve.ingest.chunking import (
     heading_prefix,
 )
 from ragserve.types import Chunk, Document, Section
-
-from .conftest import ws_spans
+from tests.ingest.helpers import ws_spans
 
 
 def tokens(text: str) -> int:

@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from ragserve.cli import _service, app
 from ragserve.search import SearchRequest
-
-from .conftest import write_mixed_tree
+from tests.ingest.helpers import write_mixed_tree
 
 
 @pytest.mark.slow
@@ -70,7 +69,7 @@ def test_the_cli_ingest_keeps_onnx_threads_spinning_unless_told_otherwise(
 def test_the_cli_ingest_applies_the_servers_per_document_budgets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from .conftest import make_docx
+    from tests.ingest.helpers import make_docx
 
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -18,8 +18,15 @@ from ragserve.ingest.parsers import (
     record_to_document,
 )
 from ragserve.types import Document
-
-from .conftest import HTML_PAGE, MARKDOWN, MAX, encrypt_pdf, make_docx, make_pdf, ws_spans
+from tests.ingest.helpers import (
+    HTML_PAGE,
+    MARKDOWN,
+    MAX,
+    encrypt_pdf,
+    make_docx,
+    make_pdf,
+    ws_spans,
+)
 
 
 def covers(doc: Document) -> None:

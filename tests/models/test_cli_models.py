@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from ragserve.cli import app
 from ragserve.config import Settings
 from ragserve.models.manager import ModelManager
-
-from .conftest import MODEL_BYTES, TOKENIZER_BYTES
+from tests.models.helpers import MODEL_BYTES, TOKENIZER_BYTES
 
 runner = CliRunner()
 

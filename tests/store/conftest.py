@@ -20,7 +20,7 @@ import pytest
 from ragserve.store.base import Store
 from ragserve.store.sqlite import SqliteStore
 from ragserve.store.sqlite.ann import AnnParams
-from tests.fakes import pgserver_module
+from tests.fakes import crash, pgserver_module  # noqa: F401 - crash: re-exported
 
 StoreFactory = Callable[[Path], Store]
 
@@ -36,14 +36,6 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
     # Lexical search on FTS5 itself instead of the derived tantivy index.
     "sqlite-fts5": lambda path: SqliteStore(path, lexical_index="fts5"),
 }
-
-
-def crash(store: SqliteStore) -> None:
-    """Drop a store as a killed process would: nothing flushed, nothing closed."""
-    store._closed = True
-    for conn in store._conns:
-        conn.close()
-    store._lock_file.close()
 
 
 #: Connection options of each PostgreSQL variant of the contract suite.

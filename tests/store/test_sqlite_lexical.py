@@ -9,8 +9,7 @@ from typing import Any
 
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
-from tests.fakes import random_unit
-from tests.store.conftest import crash
+from tests.fakes import crash, random_unit
 
 DIM = 8
 WORDS = [

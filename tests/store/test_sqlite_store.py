@@ -15,8 +15,7 @@ from ragserve.errors import CollectionNotFound, Unavailable
 from ragserve.store.sqlite.ann import AnnParams
 from ragserve.store.sqlite.store import SqliteStore, fts_query
 from ragserve.types import Chunk, Document
-from tests.fakes import random_unit
-from tests.store.conftest import crash
+from tests.fakes import crash, random_unit
 
 DIM = 24
 

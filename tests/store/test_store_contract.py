@@ -11,7 +11,7 @@ from ragserve.errors import CollectionNotFound, Conflict, DocumentNotFound, Inva
 from ragserve.filters import MAX_DEPTH, matches, parse_filter
 from ragserve.store.base import MAX_K, Store, backend_names, resolve_backend
 from ragserve.types import Chunk, Document
-from tests.fakes import random_unit
+from tests.fakes import random_unit, seed_of
 
 DIM = 16
 
@@ -30,7 +30,7 @@ def add(
         Chunk(doc_id, i, t, start=i, end=i + len(t), metadata={"i": i}) for i, t in enumerate(texts)
     ]
     if vectors is None:
-        vectors = random_unit(len(texts), DIM, seed=abs(hash(doc_id)) % 10_000)
+        vectors = random_unit(len(texts), DIM, seed=seed_of(doc_id))
     return store.upsert_document(collection, doc, content_hash, chunks, vectors)
 
 
