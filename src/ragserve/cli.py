@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from ragserve.config import Settings
 from ragserve.errors import RagserveError
@@ -27,7 +31,30 @@ from ragserve.models.manager import ModelManager, model_cache
 if TYPE_CHECKING:
     from ragserve.service import RetrievalService
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="ragserve: retrieval for RAG.")
+
+class _Commands(TyperGroup):
+    """Every command's :class:`RagserveError` becomes one line on stderr and exit status 1:
+    handled here, once, for commands that do not say more about theirs."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RagserveError as exc:
+            raise fail(exc) from None
+
+
+@dataclass(frozen=True)
+class Shell:
+    """What the commands run on: ``open_service`` builds the service of a command (default:
+    :meth:`RetrievalService.open`). Tests pass fakes through the same registry as the HTTP
+    tests: ``CliRunner().invoke(app, args, obj=Shell(open_service=...))``."""
+
+    open_service: Callable[[Settings], RetrievalService] | None = None
+
+
+app = typer.Typer(
+    cls=_Commands, no_args_is_help=True, add_completion=False, help="ragserve: retrieval for RAG."
+)
 models_app = typer.Typer(no_args_is_help=True, help="Pull, list and register models.")
 app.add_typer(models_app, name="models")
 
@@ -37,6 +64,7 @@ err = Console(stderr=True)
 
 class _State:
     config_file: Path | None = None
+    shell = Shell()
 
 
 def settings() -> Settings:
@@ -52,6 +80,7 @@ def fail(exc: RagserveError | str, code: int = 1) -> typer.Exit:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", help="A settings file (RAGSERVE_* lines).")
     ] = None,
@@ -59,6 +88,7 @@ def main(
     if config is not None and not config.is_file():
         raise fail(f"config file {config} does not exist", 2)
     _State.config_file = config
+    _State.shell = ctx.obj if isinstance(ctx.obj, Shell) else Shell()
 
 
 def _size(n: int) -> str:
@@ -308,15 +338,24 @@ def _service(load_models: bool = False, bulk: bool = False) -> RetrievalService:
     from ragserve.service import RetrievalService
 
     s = settings()
+    if _State.shell.open_service is not None:
+        return _State.shell.open_service(s)
     if bulk:  # one run over all cores, threads spinning between runs: 5-15 % more passages/s
         bulk_defaults = {"onnx_spinning": "always", "embedder_threads": 0}
         s = s.model_copy(
             update={k: v for k, v in bulk_defaults.items() if k not in s.model_fields_set}
         )
+    return RetrievalService.open(s, load_models=load_models)
+
+
+@contextmanager
+def _opened(*, bulk: bool = False) -> Iterator[RetrievalService]:
+    """The service of one command, closed when it is done (errors: :class:`_Commands`)."""
+    svc = _service(bulk=bulk)
     try:
-        return RetrievalService.open(s, load_models=load_models)
-    except RagserveError as exc:
-        raise fail(exc) from None
+        yield svc
+    finally:
+        svc.close()
 
 
 @app.command()
@@ -408,14 +447,9 @@ def collections_create(
     fusion: Annotated[str | None, typer.Option(help=_FUSION_HELP)] = None,
 ) -> None:
     """Create a collection bound to an embedder, optionally with its own default fusion."""
-    svc = _service()
-    try:
-        spec = parse_fusion_text(fusion) if fusion is not None else None
+    spec = parse_fusion_text(fusion) if fusion is not None else None
+    with _opened() as svc:
         info = svc.create_collection(name, embedder, fusion=spec)
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
     console.print(f"collection {info.name} ({info.embedder}, {info.dimension}-d)")
 
 
@@ -439,37 +473,24 @@ def collections_fusion(
 @collections_app.command("list")
 def collections_list() -> None:
     """List collections with their document and chunk counts."""
-    svc = _service()
-    try:
-        table = Table(title="collections")
-        for col in ("name", "embedder", "dim", "documents", "chunks"):
-            table.add_column(col)
-        for c in svc.list_collections():
-            table.add_row(c.name, c.embedder, str(c.dimension), str(c.documents), str(c.chunks))
-        console.print(table)
-    finally:
-        svc.close()
+    with _opened() as svc:
+        collections = svc.list_collections()
+    table = Table(title="collections")
+    for col in ("name", "embedder", "dim", "documents", "chunks"):
+        table.add_column(col)
+    for c in collections:
+        table.add_row(c.name, c.embedder, str(c.dimension), str(c.documents), str(c.chunks))
+    console.print(table)
 
 
 @collections_app.command("show")
 def collections_show(name: str) -> None:
-    """One collection's counts, as JSON."""
-    svc = _service()
-    try:
-        c = svc.get_collection(name)
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
-    console.print_json(
-        data={
-            "name": c.name,
-            "embedder": c.embedder,
-            "dimension": c.dimension,
-            "documents": c.documents,
-            "chunks": c.chunks,
-        }
-    )
+    """One collection's counts, as JSON (what ``GET /v1/collections/NAME`` answers)."""
+    from ragserve.api.schemas import Collection
+
+    with _opened() as svc:
+        info = svc.get_collection(name)
+    console.print_json(Collection.model_validate(info).model_dump_json())
 
 
 @collections_app.command("delete")
@@ -479,13 +500,8 @@ def collections_delete(
     """Delete a collection and everything in it."""
     if not yes and not typer.confirm(f"delete collection {name} and all its documents?"):
         raise typer.Exit(1)
-    svc = _service()
-    try:
+    with _opened() as svc:
         svc.delete_collection(name)
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
     console.print(f"deleted {name}")
 
 
