@@ -202,6 +202,8 @@ def test_cli_sets_shows_and_clears_a_collection_fusion(
     finally:
         service.close()
     assert runner.invoke(app, ["collections", "fusion", "kb", "minmax:auto"]).exit_code == 0
+    shown = runner.invoke(app, ["collections", "show", "kb"])
+    assert shown.exit_code == 0 and '"weights": "auto"' in shown.stdout  # as GET shows it
     bad = runner.invoke(app, ["collections", "fusion", "kb", "minmax:dense=0,lexical=0"])
     assert bad.exit_code == 1 and "at least one fusion weight" in bad.output
     assert runner.invoke(app, ["collections", "fusion", "nope", "rrf"]).exit_code == 1

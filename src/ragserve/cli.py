@@ -459,14 +459,9 @@ def collections_fusion(
     fusion: Annotated[str, typer.Argument(help=_FUSION_HELP + " 'default': the server's.")],
 ) -> None:
     """Set the collection's default fusion for hybrid searches that name none."""
-    svc = _service()
-    try:
-        spec = None if fusion == "default" else parse_fusion_text(fusion)
+    spec = None if fusion == "default" else parse_fusion_text(fusion)
+    with _opened() as svc:
         svc.set_collection_fusion(name, spec)
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
     console.print(f"collection {name}: fusion {spec.as_dict() if spec else 'the server default'}")
 
 
@@ -489,8 +484,8 @@ def collections_show(name: str) -> None:
     from ragserve.api.schemas import Collection
 
     with _opened() as svc:
-        info = svc.get_collection(name)
-    console.print_json(Collection.model_validate(info).model_dump_json())
+        shown = Collection.of(svc.get_collection(name), svc.collection_fusion(name))
+    console.print_json(shown.model_dump_json())
 
 
 @collections_app.command("delete")

@@ -135,11 +135,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 def _collection(info: CollectionInfo, svc: RetrievalService) -> s.Collection:
-    """The collection as the API shows it, with its own default fusion (null: the server's)."""
-    fusion = svc.collection_fusion(info.name)
-    return s.Collection.model_validate(info).model_copy(
-        update={"fusion": s.FusionDefault.model_validate(fusion.as_dict()) if fusion else None}
-    )
+    return s.Collection.of(info, svc.collection_fusion(info.name))
 
 
 @collections_router.post(

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 if TYPE_CHECKING:
+    from ragserve.fusion import FusionSpec
     from ragserve.service import Embeddings, Reranked
+    from ragserve.store.base import CollectionInfo
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -124,6 +126,12 @@ class Collection(Out):
         default=None,
         description="The collection's own default fusion; null: the server's (RAGSERVE_FUSION_*).",
     )
+
+    @classmethod
+    def of(cls, info: CollectionInfo, fusion: FusionSpec | None) -> Collection:
+        """The collection as the API shows it: its counts and its own default fusion."""
+        shown = FusionDefault.model_validate(fusion.as_dict()) if fusion else None
+        return cls.model_validate(info).model_copy(update={"fusion": shown})
 
 
 class CollectionList(BaseModel):
