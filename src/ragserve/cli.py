@@ -568,7 +568,7 @@ def ingest(
             root = Path(path)
             if not root.exists():
                 raise fail(f"{path} does not exist", 2)
-            inc = tuple(include) if include else sources.DEFAULT_INCLUDE
+            inc = tuple(include) if include else sources.default_include()
             exc = (*sources.DEFAULT_EXCLUDE, *(exclude or ()))  # hidden files stay out
             items = sources.iter_path(
                 root, max_bytes=s.max_document_bytes, include=inc, exclude=exc, limits=limits
@@ -660,7 +660,7 @@ def _sync_folder(
         folder = Folder.of(
             root,
             source,
-            include=tuple(include) if include else sources.DEFAULT_INCLUDE,
+            include=tuple(include) if include else sources.default_include(),
             exclude=(*sources.DEFAULT_EXCLUDE, *(exclude or ())),
             max_bytes=svc.settings.max_document_bytes,
             limits=Limits.from_settings(svc.settings),

@@ -35,9 +35,9 @@ from ragserve.errors import DocumentNotFound, InvalidInput, RagserveError
 from ragserve.ingest.limits import Limits
 from ragserve.ingest.sources import (
     DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
     IngestFailure,
     Item,
+    default_include,
     iter_file,
     selected,
     walk_files,
@@ -159,7 +159,7 @@ class Folder:
 
     root: Path
     source: str
-    include: Sequence[str] = DEFAULT_INCLUDE
+    include: Sequence[str] = field(default_factory=default_include)
     exclude: Sequence[str] = DEFAULT_EXCLUDE
     max_bytes: int = 64 * 1024 * 1024
     limits: Limits | None = None

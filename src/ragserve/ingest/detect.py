@@ -7,13 +7,13 @@ refused).
 
 from __future__ import annotations
 
-import enum
 from pathlib import PurePath
 
 from ragserve.errors import InvalidInput, PayloadTooLarge
+from ragserve.ingest import filetypes
+from ragserve.ingest.filetypes import FileType
 
 __all__ = [
-    "EXTENSIONS",
     "SNIFF_BYTES",
     "FileType",
     "ParseError",
@@ -34,48 +34,6 @@ class UnsupportedType(ParseError):
     error_type = "unsupported_type"
 
 
-class FileType(enum.Enum):
-    TEXT = "text/plain"
-    MARKDOWN = "text/markdown"
-    HTML = "text/html"
-    PDF = "application/pdf"
-    DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-    JSON = "application/json"
-    JSONL = "application/x-ndjson"
-
-    @property
-    def is_records(self) -> bool:
-        return self in (FileType.JSON, FileType.JSONL)
-
-    @property
-    def is_text(self) -> bool:
-        return self not in (FileType.PDF, FileType.DOCX)
-
-
-EXTENSIONS: dict[str, FileType] = {
-    ".txt": FileType.TEXT,
-    ".text": FileType.TEXT,
-    ".md": FileType.MARKDOWN,
-    ".markdown": FileType.MARKDOWN,
-    ".html": FileType.HTML,
-    ".htm": FileType.HTML,
-    ".xhtml": FileType.HTML,
-    ".pdf": FileType.PDF,
-    ".docx": FileType.DOCX,
-    ".json": FileType.JSON,
-    ".jsonl": FileType.JSONL,
-    ".ndjson": FileType.JSONL,
-}
-
-_CONTENT_TYPES: dict[str, FileType] = {
-    **{t.value: t for t in FileType},
-    "text/x-markdown": FileType.MARKDOWN,
-    "application/xhtml+xml": FileType.HTML,
-    "application/jsonl": FileType.JSONL,
-    "application/json-lines": FileType.JSONL,
-    "application/jsonlines": FileType.JSONL,
-}
-
 SNIFF_BYTES = 8192
 
 
@@ -91,16 +49,15 @@ def check_size(size: int, max_bytes: int, what: str) -> None:
 
 def _sniff(head: bytes) -> FileType | None:
     """The type the first bytes prove, or None for text of no particular kind."""
-    if head.startswith(b"%PDF-"):
-        return FileType.PDF
-    if head.startswith(b"PK\x03\x04"):
-        return FileType.DOCX  # confirmed (or refused) when the zip is opened
+    types = filetypes.file_types()
+    for kind in types:
+        if kind.signature is not None and head.startswith(kind.signature.prefixes):
+            return kind  # a ZIP is confirmed (or refused) as DOCX when the archive is opened
     if _looks_binary(head):
         raise ParseError("binary content (not text): refused")
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if stripped.startswith((b"<!doctype html", b"<html")):
-        return FileType.HTML
-    return None
+    opened = (kind for kind in types if kind.openings and stripped.startswith(kind.openings))
+    return next(opened, None)
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -113,24 +70,23 @@ def _looks_binary(head: bytes) -> bool:
 
 
 def detect_type(head: bytes, filename: str, content_type: str | None = None) -> FileType:
-    """The file's type from its name, else the declared content type, else its first bytes."""
+    """The file's type from its name, else the declared content type, else its first bytes
+    (:mod:`ragserve.ingest.filetypes` holds the types)."""
     suffix = PurePath(filename).suffix.lower()
-    claimed = EXTENSIONS.get(suffix)
+    claimed = filetypes.for_extension(suffix)
     if claimed is None and content_type:
-        claimed = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+        claimed = filetypes.for_content_type(content_type)
     if claimed is None and suffix:
-        supported = ", ".join(sorted(EXTENSIONS))
+        supported = ", ".join(filetypes.extensions())
         raise UnsupportedType(f"unsupported file type {suffix!r} (supported: {supported})")
     sniffed = _sniff(head)
     if claimed is None:
         return sniffed or FileType.TEXT
-    if sniffed in (FileType.PDF, FileType.DOCX) and sniffed is not claimed:
-        kind = "a PDF" if sniffed is FileType.PDF else "a ZIP/DOCX archive"
-        raise ParseError(f"named as {claimed.name.lower()} but the content is {kind}: refused")
-    if claimed is FileType.PDF and sniffed is not FileType.PDF:
-        raise ParseError("not a PDF: the file does not start with a %PDF- header")
-    if claimed is FileType.DOCX and sniffed is not FileType.DOCX:
-        raise ParseError("not a DOCX: the file is not a ZIP archive")
+    if sniffed is not None and sniffed.signature is not None and sniffed is not claimed:
+        content = sniffed.signature.content
+        raise ParseError(f"named as {claimed.name} but the content is {content}: refused")
+    if claimed.signature is not None and sniffed is not claimed:
+        raise ParseError(claimed.signature.missing)
     return claimed
 
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from ragserve.ingest.detect import (
-    EXTENSIONS,
     SNIFF_BYTES,
     FileType,
     ParseError,
@@ -37,13 +35,13 @@ from ragserve.ingest.detect import (
     decode_text,
     detect_type,
 )
+from ragserve.ingest.filetypes import Parsed, Signature, register_file_type
 from ragserve.ingest.limits import Budget, BudgetExceeded, Limits
 from ragserve.ingest.office import read_docx
 from ragserve.ingest.records import record_to_document, single_record
 from ragserve.types import Document, JSONDict, Section
 
 __all__ = [
-    "EXTENSIONS",
     "FileType",
     "ParseError",
     "UnsupportedType",
@@ -105,14 +103,14 @@ def parse_bytes(
     source = source or filename
     meta: JSONDict = {"source": source, "filename": PurePath(filename).name}
     doc_id = doc_id or source
-    if kind.is_records:
+    if kind.parse is None:
         return single_record(data, kind, doc_id, max_bytes)
-    parsed = _PARSERS[kind](data, limits)
-    meta["content_type"] = kind.value
+    parsed = kind.parse(data, limits)
+    meta["content_type"] = kind.content_type
     meta.update(parsed.metadata)
     check_chars(len(parsed.text), limits.max_chars)
     if not parsed.text.strip():
-        raise ParseError(f"empty document (no text in this {kind.name.lower()})")
+        raise ParseError(f"empty document (no text in this {kind.name})")
     return Document(
         id=doc_id,
         text=parsed.text,
@@ -120,14 +118,6 @@ def parse_bytes(
         metadata=meta,
         sections=tuple(parsed.sections),
     )
-
-
-@dataclass
-class _Parsed:
-    text: str
-    title: str | None = None
-    sections: list[Section] = field(default_factory=list)
-    metadata: JSONDict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- structure from blocks
@@ -180,9 +170,9 @@ class _Builder:
             self.sections.append(Section(self.section_start, end, headings))
         self.section_start = end
 
-    def build(self) -> _Parsed:
+    def build(self) -> Parsed:
         self._close(self.length)
-        return _Parsed("".join(self.parts), self.title, self.sections)
+        return Parsed("".join(self.parts), self.title, self.sections)
 
 
 # ------------------------------------------------------------------------------------ parsers
@@ -196,23 +186,23 @@ def check_chars(chars: int, max_chars: int, what: str = "the text") -> None:
         )
 
 
-def _parse_text(data: bytes, limits: Limits) -> _Parsed:
+def _parse_text(data: bytes, limits: Limits) -> Parsed:
     text = decode_text(data)
     check_chars(len(text), limits.max_chars)
-    return _Parsed(text, None, [Section(0, len(text))] if text else [])
+    return Parsed(text, None, [Section(0, len(text))] if text else [])
 
 
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)\n", re.DOTALL)
 _MD = MarkdownIt("commonmark").enable("table")
 
 
-def _parse_markdown(data: bytes, limits: Limits) -> _Parsed:
+def _parse_markdown(data: bytes, limits: Limits) -> Parsed:
     text = decode_text(data)
     check_chars(len(text), limits.max_chars)
     return markdown_to_parsed(text)
 
 
-def markdown_to_parsed(source: str) -> _Parsed:
+def markdown_to_parsed(source: str) -> Parsed:
     front_title: str | None = None
     match = _FRONT_MATTER.match(source)
     if match:
@@ -290,7 +280,7 @@ def _html_fragment_text(html: str) -> str:
     return (tree.body.text(separator=" ") if tree.body else tree.text(separator=" ")).strip()
 
 
-def _parse_html(data: bytes, limits: Limits) -> _Parsed:
+def _parse_html(data: bytes, limits: Limits) -> Parsed:
     from ragserve.ingest.html import extract_html
 
     # Every DOM node costs a few hundred bytes: a page of 5 million empty tags is 50 MB on disk
@@ -314,7 +304,7 @@ def _parse_html(data: bytes, limits: Limits) -> _Parsed:
     return parsed
 
 
-def _parse_pdf(data: bytes, limits: Limits) -> _Parsed:
+def _parse_pdf(data: bytes, limits: Limits) -> Parsed:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
@@ -359,13 +349,13 @@ def _parse_pdf(data: bytes, limits: Limits) -> _Parsed:
         Section(s.start, sections[i + 1].start if i + 1 < len(sections) else length, (), s.page)
         for i, s in enumerate(sections)
     ]
-    return _Parsed("".join(parts), title or None, covered, {"pages": len(pages)})
+    return Parsed("".join(parts), title or None, covered, {"pages": len(pages)})
 
 
 _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
-def _parse_docx(data: bytes, limits: Limits) -> _Parsed:
+def _parse_docx(data: bytes, limits: Limits) -> Parsed:
     budget = Budget(limits.max_expanded, "the DOCX")
     blocks, core_title = read_docx(data, budget)
     builder = _Builder()
@@ -393,10 +383,61 @@ def _parse_docx(data: bytes, limits: Limits) -> _Parsed:
     return parsed
 
 
-_PARSERS = {
-    FileType.TEXT: _parse_text,
-    FileType.MARKDOWN: _parse_markdown,
-    FileType.HTML: _parse_html,
-    FileType.PDF: _parse_pdf,
-    FileType.DOCX: _parse_docx,
-}
+# ------------------------------------------------------------------------- the built-in types
+# One register_file_type call per type: its names, how its content is recognised, its parser
+# (ragserve.ingest.filetypes; a new type needs nothing else).
+
+FileType.TEXT = register_file_type(
+    FileType("text", "text/plain", (".txt", ".text"), parse=_parse_text)
+)
+FileType.MARKDOWN = register_file_type(
+    FileType(
+        "markdown",
+        "text/markdown",
+        (".md", ".markdown"),
+        parse=_parse_markdown,
+        aliases=("text/x-markdown",),
+    )
+)
+FileType.HTML = register_file_type(
+    FileType(
+        "html",
+        "text/html",
+        (".html", ".htm", ".xhtml"),
+        parse=_parse_html,
+        aliases=("application/xhtml+xml",),
+        openings=(b"<!doctype html", b"<html"),
+    )
+)
+FileType.PDF = register_file_type(
+    FileType(
+        "pdf",
+        "application/pdf",
+        (".pdf",),
+        parse=_parse_pdf,
+        signature=Signature(
+            (b"%PDF-",), "a PDF", "not a PDF: the file does not start with a %PDF- header"
+        ),
+    )
+)
+FileType.DOCX = register_file_type(
+    FileType(
+        "docx",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        (".docx",),
+        parse=_parse_docx,
+        signature=Signature(
+            (b"PK\x03\x04",), "a ZIP/DOCX archive", "not a DOCX: the file is not a ZIP archive"
+        ),
+    )
+)
+# Records: many documents per file, read record by record by ragserve.ingest.sources.
+FileType.JSON = register_file_type(FileType("json", "application/json", (".json",)))
+FileType.JSONL = register_file_type(
+    FileType(
+        "jsonl",
+        "application/x-ndjson",
+        (".jsonl", ".ndjson"),
+        aliases=("application/jsonl", "application/json-lines", "application/jsonlines"),
+    )
+)

@@ -37,6 +37,7 @@ import ijson  # type: ignore[import-untyped]
 
 from ragserve.errors import RagserveError
 from ragserve.ingest.detect import SNIFF_BYTES
+from ragserve.ingest.filetypes import default_include
 from ragserve.ingest.limits import Limits
 from ragserve.ingest.parsers import (
     FileType,
@@ -50,9 +51,9 @@ from ragserve.types import Document
 
 __all__ = [
     "DEFAULT_EXCLUDE",
-    "DEFAULT_INCLUDE",
     "IngestFailure",
     "Item",
+    "default_include",
     "iter_bytes",
     "iter_directory",
     "iter_file",
@@ -83,13 +84,6 @@ class IngestFailure:
 
 Item = Document | IngestFailure
 
-DEFAULT_INCLUDE: tuple[str, ...] = tuple(
-    f"**/*{ext}"
-    for ext in (
-        *(".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".pdf", ".docx"),
-        *(".json", ".jsonl", ".ndjson"),
-    )
-)
 DEFAULT_EXCLUDE: tuple[str, ...] = ("**/.*", "**/.*/**")
 
 
@@ -392,9 +386,11 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
 
 
 def selected(
-    rel: str, include: Sequence[str] = DEFAULT_INCLUDE, exclude: Sequence[str] = DEFAULT_EXCLUDE
+    rel: str, include: Sequence[str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE
 ) -> bool:
-    """Whether :func:`walk_files` takes the file at relative POSIX path ``rel``."""
+    """Whether :func:`walk_files` takes the file at relative POSIX path ``rel`` (``include``
+    default: every registered file type's patterns, :func:`default_include`)."""
+    include = default_include() if include is None else include
     parts = rel.split("/")
     for i in range(1, len(parts)):  # a file under an excluded directory is not walked into
         if _matches("/".join(parts[:i]) + "/", exclude):
@@ -405,10 +401,12 @@ def selected(
 def walk_files(
     root: Path,
     *,
-    include: Sequence[str] = DEFAULT_INCLUDE,
+    include: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> Iterator[tuple[Path, str]]:
-    """(path, relative POSIX path) of every matching file under ``root``, in sorted order."""
+    """(path, relative POSIX path) of every matching file under ``root``, in sorted order
+    (``include`` default: every registered file type's patterns, :func:`default_include`)."""
+    include = default_include() if include is None else include
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         base = Path(dirpath)
@@ -429,7 +427,7 @@ def iter_directory(
     root: Path,
     *,
     max_bytes: int,
-    include: Sequence[str] = DEFAULT_INCLUDE,
+    include: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ids: IdScheme = "relative",
     id_prefix: str = "",
@@ -450,7 +448,7 @@ def iter_path(
     path: Path,
     *,
     max_bytes: int,
-    include: Sequence[str] = DEFAULT_INCLUDE,
+    include: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     ids: IdScheme = "relative",
     id_prefix: str = "",
