@@ -1,6 +1,11 @@
 """What explain, highlight and expand cost per search, in process.
 
     python -m bench.passages_cost --data-dir DIR [--collection eval-scifact] [--queries 100]
+    python -m bench.passages_cost --check
+
+``--check`` needs no data directory: over SciFact's corpus it checks that every word starts
+with its stem's surface prefix (what ``ragserve.highlight`` looks for before tokenizing) and
+that the highlighter's matches are those of tokenizing each whole text, for every query.
 
 Opens DIR (a data directory holding a SciFact collection, e.g. made by ``ragserve eval``) with
 the default settings (query cache off) and runs SciFact's test queries as hybrid top-10
@@ -25,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import scifact_test_queries
+from bench.common import scifact_docs, scifact_test_queries
+from ragserve import highlight
 from ragserve.api.search_io import search_json
 from ragserve.config import Settings
 from ragserve.context import ExpandSpec
@@ -45,10 +51,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--check", action="store_true")
     parser.add_argument("--collection", default="eval-scifact")
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
+    if args.check:
+        check()
+        return
+    if args.data_dir is None:
+        parser.error("--data-dir is needed (or --check)")
     settings = Settings(data_dir=args.data_dir, query_cache_size=0, rerank_cache_size=0)
     service = RetrievalService.open(settings)
     name = service.store.collection_embedder(args.collection)
@@ -95,6 +107,30 @@ def main() -> None:
     out["dense_only_hits_per_search"] = round(dense_only / max(len(queries), 1), 2)
     out["queries"] = len(queries)
     print(json.dumps(out))
+
+
+def check() -> None:
+    """The highlighter's shortcut against tokenizing everything, over SciFact."""
+    texts = [d["text"] for d in scifact_docs()]
+    vocabulary = {w for t in texts for w in re.findall(r"[A-Za-z0-9]+", t)}
+    wrong = [
+        (w, stem)
+        for w in sorted(vocabulary)
+        for stem in highlight.query_terms(w)
+        if not w.lower().startswith(highlight._surface_prefix(stem))
+    ]
+    print(json.dumps({"words": len(vocabulary), "not_starting_with_prefix": wrong[:20]}))
+    differ = 0
+    queries = scifact_test_queries()
+    for i, q in enumerate(queries):
+        terms = highlight.query_terms(q)
+        for t in texts[i::50]:
+            differ += highlight.matches(t, terms) != highlight._tokens(t, terms, 0)
+    print(
+        json.dumps({"queries": len(queries), "texts_per_query": len(texts[::50]), "differ": differ})
+    )
+    if wrong or differ:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 
 import pytest
 
 from ragserve.context import ExpandSpec, expand, merge
 from ragserve.errors import InvalidInput
-from ragserve.highlight import HighlightSpec, highlight, matches, query_terms
+from ragserve.highlight import (
+    HighlightSpec,
+    _candidate_runs,
+    _surface_prefix,
+    _tokens,
+    highlight,
+    matches,
+    query_terms,
+)
 from ragserve.types import Chunk
 
 
@@ -21,6 +30,58 @@ def test_matches_are_code_point_offsets_of_stemmed_words() -> None:
     text = "Ünïcode first: les cafés, a runner runs; CAFE again"
     found = matches(text, query_terms("café run"))
     assert [text[s:e] for s, e, _ in found] == ["cafés", "runs", "CAFE"]  # runner: stem runner
+
+
+HARD_WORDS = (
+    "capability possibilities sensibility dying lying tying skies hoping hopping cry cries "
+    "relational valency conditional organization organizer generously gently early only news "
+    "agreed proceed inning ties tied abilities ugly idly running RUNS Runner"
+)
+
+
+@pytest.mark.parametrize("word", HARD_WORDS.split())
+def test_words_start_with_their_stems_surface_prefix(word: str) -> None:
+    (stem,) = query_terms(word)
+    assert word.lower().startswith(_surface_prefix(stem))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        HARD_WORDS,
+        HARD_WORDS.upper(),
+        "Caf\u00e9s and CAF\u00c9, na\u00efvet\u00e9; \u0130stanbul runs (lower() grows it)",
+        "\u212aelvin-sign Kelvin \u03b1cell cell\u03b1 x_cell cell_y 12cell cell12 cells.",
+        "glued:capability,dying;skies(hoping)[cry]{relational}/valency\\organizer",
+        "a" * 70 + "ability " + "capability" * 7 + " \n\t\u00a0capability\u2003dying",
+        "",
+        "   ",
+    ],
+)
+def test_matches_are_those_of_tokenizing_the_whole_text(text: str) -> None:
+    terms = query_terms(HARD_WORDS + " cell kelvin cafe naivete istanbul ability")
+    assert matches(text, terms) == _tokens(text, terms, 0)
+
+
+def test_matches_agree_with_the_whole_text_on_random_texts() -> None:
+    rng = random.Random(20)
+    words = [*HARD_WORDS.split(), "cell", "Cell", "caf\u00e9", "\u0131", "x", "the", "\u00df"]
+    seps = [" ", "  ", "\n", "\u00a0", "\u2003", ",", "-", "_", "\u00e9", "", ".\n"]
+    terms = query_terms(HARD_WORDS + " cell cafe ss")
+    for _ in range(300):
+        text = "".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randrange(40)))
+        assert matches(text, terms) == _tokens(text, terms, 0), text
+
+
+def test_matches_skip_texts_without_candidates_and_tokenize_only_candidate_runs() -> None:
+    terms = query_terms("memory safety")
+    assert _candidate_runs("Nothing to see here at all.", terms) == []
+    text = "Some MEMORY, then unsafe things; safety-first."
+    assert [text[lo:hi] for lo, hi in _candidate_runs(text, terms) or []] == [
+        "MEMORY,",
+        "safety-first.",
+    ]  # "unsafe": saf inside a word is no token start
+    assert [text[s:e] for s, e, _ in matches(text, terms)] == ["MEMORY", "safety"]
 
 
 def test_the_best_window_holds_the_most_distinct_terms() -> None:

@@ -18,9 +18,10 @@ Offsets count Unicode code points (Python ``str`` indices), not UTF-16 units or 
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 import threading
-from collections import Counter
 from dataclasses import dataclass
 
 import tantivy
@@ -34,6 +35,9 @@ MAX_PASSAGE_CHARS = 2000
 
 _SENTENCE_START = re.compile(r"(?:[.!?\u2026][\"')\]]*\s+|\n\s*)")
 _local = threading.local()
+_ASCII_ALNUM = frozenset(string.ascii_lowercase + string.digits)
+_NON_ASCII = re.compile(r"[^\x00-\x7f\s]+")
+_RUN = re.compile(r"\S*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,35 +80,121 @@ def query_terms(query: str) -> frozenset[str]:
 
 
 def matches(text: str, terms: frozenset[str]) -> list[tuple[int, int, str]]:
-    """(start, end, term) of every token of ``text`` whose stem is one of ``terms``."""
+    """(start, end, term) of every token of ``text`` whose stem is one of ``terms``.
+
+    Only the words that could stem to a term are tokenized (see :func:`_candidate_runs`):
+    the same tokens as tokenizing all of ``text``, at a fraction of the cost."""
     if not terms:
         return []
+    runs = _candidate_runs(text, terms)
+    if runs is None:
+        return _tokens(text, terms, 0)
+    if not runs:
+        return []
+    if len(runs) == 1:
+        return _tokens(text[runs[0][0] : runs[0][1]], terms, runs[0][0])
+    # One analyzer call for all the runs: joined by newlines (never inside a token), each
+    # token mapped back to its run by its offset in the joined text.
+    joined = "\n".join(text[lo:hi] for lo, hi in runs)
+    found = _tokens(joined, terms, 0)
+    out: list[tuple[int, int, str]] = []
+    k = at = 0  # the run a token is in, and where that run starts in ``joined``
+    for s, e, term in found:
+        while s >= at + runs[k][1] - runs[k][0] + 1:
+            at += runs[k][1] - runs[k][0] + 1
+            k += 1
+        shift = runs[k][0] - at
+        out.append((s + shift, e + shift, term))
+    return out
+
+
+def _tokens(text: str, terms: frozenset[str], shift: int) -> list[tuple[int, int, str]]:
     return [
-        (t.char_offset_from, t.char_offset_to, t.text)
+        (t.char_offset_from + shift, t.char_offset_to + shift, t.text)
         for t in _analyzer().pre_tokenize(text).tokens
         if t.text in terms
     ]
+
+
+def _surface_prefix(term: str) -> str:
+    """What every word stemming to ``term`` starts with, lowercased (ASCII words).
+
+    The English (Porter2) stemmer only rewrites a word's end, and what it writes that the
+    word does not have is at most a final ``e``, ``i`` or ``y`` (hop*ing* -> hope, cr*y* ->
+    cri, relat*ional* -> relate, sk*ies* -> sky), a final ``l`` after ``b`` (capa*bility* ->
+    capabl) or a final ``le`` / ``ie`` (sensi*bility* -> sensible, d*ying* -> die): those
+    are taken off. Checked over the SciFact and ArguAna vocabularies (bench/passages_cost.py
+    ``--check``) and on the hard cases in tests/test_passages.py."""
+    if len(term) > 2 and term.endswith(("le", "ie")):
+        return term[:-2]
+    if len(term) > 1 and term.endswith(("e", "i", "y", "bl")):
+        return term[:-1]
+    return term
+
+
+@functools.lru_cache(maxsize=256)
+def _prefixes(terms: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted({_surface_prefix(t) for t in terms}))
+
+
+def _candidate_runs(text: str, terms: frozenset[str]) -> list[tuple[int, int]] | None:
+    """The whitespace-delimited runs of ``text`` that may hold a token stemming to one of
+    ``terms``, in order: those with a word starting with a term's surface prefix (any
+    case), and those with a character outside ASCII (accents are folded before stemming).
+    Tokens never cross whitespace, so tokenizing these runs alone finds the same matches.
+    None when lowercasing changes ``text``'s length (offsets would not line up)."""
+    low = text.lower()
+    if len(low) != len(text):
+        return None
+    starts: list[int] = []
+    for prefix in _prefixes(terms):
+        i = low.find(prefix)
+        while i >= 0:
+            if i == 0 or low[i - 1] not in _ASCII_ALNUM:
+                starts.append(i)
+            i = low.find(prefix, i + 1)
+    if not text.isascii():
+        starts.extend(m.start() for m in _NON_ASCII.finditer(text))
+    if not starts:
+        return []
+    starts.sort()
+    runs: list[tuple[int, int]] = []
+    end = -1
+    for i in starts:
+        if i < end:
+            continue  # in the run just taken
+        lo = i
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        end = _RUN.match(text, i).end()  # type: ignore[union-attr]
+        runs.append((lo, end))
+    return runs
 
 
 def _best_window(found: list[tuple[int, int, str]], max_chars: int) -> tuple[int, int]:
     """Indexes [i, j) of the run of matches spanning at most ``max_chars`` with the most
     distinct terms, then the most matches, then the earliest."""
     best = (-1, -1, 0, 0)
-    counts: Counter[str] = Counter()
+    counts: dict[str, int] = {}
     j = 0
-    for i in range(len(found)):
+    n = len(found)
+    for i in range(n):
         if j < i:
             j = i
             counts.clear()
-        while j < len(found) and found[j][1] - found[i][0] <= max_chars:
-            counts[found[j][2]] += 1
+        limit = found[i][0] + max_chars
+        while j < n and found[j][1] <= limit:
+            term = found[j][2]
+            counts[term] = counts.get(term, 0) + 1
             j += 1
-        if j > i and (len(counts), j - i) > best[:2]:
-            best = (len(counts), j - i, i, j)
         if j > i:
-            counts[found[i][2]] -= 1
-            if not counts[found[i][2]]:
-                del counts[found[i][2]]
+            if (len(counts), j - i) > best[:2]:
+                best = (len(counts), j - i, i, j)
+            term = found[i][2]
+            if counts[term] == 1:
+                del counts[term]
+            else:
+                counts[term] -= 1
     return (best[2], best[3]) if best[0] > 0 else (0, 1)
 
 

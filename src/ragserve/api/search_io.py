@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from pydantic_core import to_json
 
 from ragserve.api import schemas as s
 from ragserve.context import ExpandSpec
 from ragserve.fusion import FusionSpec, parse_fusion
 from ragserve.highlight import HighlightSpec
-from ragserve.search import SearchRequest, SearchResult
+from ragserve.search import SearchHit, SearchRequest, SearchResult
 
 
 def search_request(
@@ -47,29 +49,66 @@ def search_request(
     )
 
 
+#: The order of ``HitExplain``'s fields (its JSON keys come out in this order).
+_HIT_EXPLAIN = tuple(s.HitExplain.model_fields)
+
+
 def search_json(result: SearchResult) -> bytes:
-    """The response body. Fields of options that were off are left out (not null)."""
-    hits = []
-    for h in result.hits:
-        extra: dict[str, object] = {}
-        if h.explain is not None:
-            extra["explain"] = h.explain
-        if h.highlights is not None:
-            extra["highlights"] = h.highlights
-        if h.context is not None:
-            extra["context"] = h.context
-        hits.append(
-            s.SearchHit(
-                document_id=h.document_id,
-                chunk_id=h.chunk_id,
-                text=h.text,
-                score=h.score,
-                rank=h.rank,
-                metadata=h.metadata,
-                **extra,
-            )
-        )
-    out = s.SearchOut(results=hits, timings_ms=result.timings_ms, next_offset=result.next_offset)
+    """The response body (``schemas.SearchOut``). Fields of options that were off are left out
+    (not null).
+
+    The hits are written as plain dicts in the models' key order with the models' types
+    (``pydantic_core.to_json``) rather than validated into ``SearchHit`` models first: the
+    core's values already have those types, and validating each hit's explain, passages and
+    context cost more than writing them. tests/api/test_search_json.py checks the bytes are
+    the models' own ``model_dump_json(exclude_unset=True)``."""
+    out: dict[str, object] = {
+        "results": [_hit(h) for h in result.hits],
+        "timings_ms": {k: float(v) for k, v in result.timings_ms.items()},
+        "next_offset": result.next_offset,
+    }
     if result.explain is not None:
-        out.explain = s.SearchExplain.model_validate(result.explain)
-    return out.model_dump_json(exclude_unset=True).encode()
+        explain = s.SearchExplain.model_validate(result.explain)
+        out["explain"] = explain.model_dump(mode="json", exclude_unset=True)
+    return to_json(out, inf_nan_mode="null")
+
+
+def _hit(h: SearchHit) -> dict[str, object]:
+    hit: dict[str, object] = {
+        "document_id": h.document_id,
+        "chunk_id": h.chunk_id,
+        "text": h.text,
+        "score": float(h.score),
+        "rank": h.rank,
+        "metadata": h.metadata,
+    }
+    if h.explain is not None:
+        hit["explain"] = {leg: _leg(h.explain[leg]) for leg in _HIT_EXPLAIN if leg in h.explain}
+    if h.highlights is not None:
+        hit["highlights"] = [
+            {
+                "start": p["start"],
+                "end": p["end"],
+                "text": p["text"],
+                "matches": p["matches"],
+            }
+            for p in h.highlights
+        ]
+    if h.context is not None:
+        c = h.context
+        hit["context"] = {
+            "text": c["text"],
+            "start": c["start"],
+            "end": c["end"],
+            "first_chunk": c["first_chunk"],
+            "last_chunk": c["last_chunk"],
+            "tokens": c["tokens"],
+            "truncated": c["truncated"],
+        }
+    return hit
+
+
+def _leg(leg: Mapping[str, object]) -> dict[str, object]:
+    """A ``LegRank`` (rank, score) or a ``RerankRank`` (rank, logit)."""
+    value = "logit" if "logit" in leg else "score"
+    return {"rank": leg["rank"], value: float(leg[value])}  # type: ignore[arg-type]
