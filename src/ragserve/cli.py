@@ -1038,7 +1038,8 @@ def backup(
     dest: Annotated[Path, typer.Argument(help="A new or empty directory.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Back up the embedded store (consistent, also while a server is serving it)."""
+    """Back up the embedded store and the control database (scoped keys, jobs): consistent,
+    also while a server is serving them."""
     from ragserve.store.sqlite.backup import backup as run_backup
 
     try:
@@ -1047,7 +1048,14 @@ def backup(
         raise fail(exc) from None
     for name, counts in info.collections.items():
         console.print(f"{name}: {counts['documents']} documents, {counts['chunks']} chunks")
+    _print_control(info.control_sha256, info.control)
     console.print(f"backed up to {dest} in {info.seconds:.2f} s ({_size(info.db_bytes)})")
+
+
+def _print_control(sha256: str | None, control: dict[str, int]) -> None:
+    if sha256 is not None:
+        keys, jobs = control.get("api_keys", 0), control.get("jobs", 0)
+        console.print(f"control.db: {keys} API keys (revoked included), {jobs} jobs")
 
 
 @app.command()
@@ -1070,6 +1078,7 @@ def restore(
         console.print(f"the replaced store's files are in {aside}")
     for name, counts in info.collections.items():
         console.print(f"{name}: {counts['documents']} documents, {counts['chunks']} chunks")
+    _print_control(info.control_sha256, info.control)
     console.print(f"restored {src} into {target}")
 
 

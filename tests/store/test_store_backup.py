@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ from typer.testing import CliRunner
 
 from ragserve.cli import app
 from ragserve.errors import Conflict, InvalidInput, Unavailable
+from ragserve.jobs import Job, JobStore
+from ragserve.keys import KeyStore, Role
 from ragserve.store.sqlite import SqliteStore
 from ragserve.store.sqlite.backup import backup, repair, restore
 from tests.store.test_store_damage import DIM, filled, put
@@ -182,12 +187,107 @@ def test_repair_of_an_unreadable_file_says_restore_and_changes_nothing(tmp_path:
 # ------------------------------------------------------------------------------ CLI
 
 
+@contextmanager
+def control_filled(data: Path) -> Iterator[tuple[str, str]]:
+    """A store, a read key scoped to ``c``, a revoked key and a running job with an error:
+    (the read key, the job's id), the key and job stores open meanwhile (a server's are)."""
+    filled(data, docs=3).close()
+    keys = KeyStore(data)
+    key, _ = keys.create("reader", Role.READ, ["c"])
+    keys.revoke(keys.create("old", Role.ADMIN)[1].id)
+    job = Job("job1", "c", total=10, state="running", started_at=1.0)
+    job.counts["done"] = job.counts["failed"] = 1
+    job.errors.append(("bad", "not UTF-8"))
+    jobs = JobStore(data)
+    jobs.save(job, run="run1")
+    try:
+        yield key, job.id
+    finally:
+        keys.close()
+        jobs.close()
+
+
+def test_backup_holds_the_control_database_and_restore_brings_it_back(tmp_path: Path) -> None:
+    with control_filled(tmp_path / "data") as (key, job_id):
+        info = backup(tmp_path / "data", tmp_path / "backup")  # online: the control db is open
+    assert info.control == {"api_keys": 2, "jobs": 1} and info.control_sha256
+    assert not (tmp_path / "backup" / "control.db-wal").exists()  # one self-contained file
+
+    restore(tmp_path / "backup", tmp_path / "fresh")
+    keys = KeyStore(tmp_path / "fresh")
+    jobs = JobStore(tmp_path / "fresh")
+    try:
+        principal = keys.verify(key)
+        assert principal is not None and principal.role == Role.READ
+        assert principal.collections == frozenset({"c"})
+        assert [k.name for k in keys.list(revoked=True)] == ["reader", "old"]
+        assert [k.name for k in keys.list()] == ["reader"]
+        job = jobs.load(job_id, run="run2")  # a new server run: it was interrupted
+        assert job is not None and job.state == "interrupted"
+        assert (job.counts["done"], job.errors) == (1, [("bad", "not UTF-8")])
+    finally:
+        keys.close()
+        jobs.close()
+
+
+def test_a_damaged_control_copy_is_refused(tmp_path: Path) -> None:
+    with control_filled(tmp_path / "data"):
+        backup(tmp_path / "data", tmp_path / "backup")
+    db = tmp_path / "backup" / "control.db"
+    db.write_bytes(db.read_bytes()[:-1] + b"x")
+    with pytest.raises(InvalidInput, match=r"control\.db does not match"):
+        restore(tmp_path / "backup", tmp_path / "b")
+    assert not (tmp_path / "b" / "ragserve.db").exists()
+
+
+def test_restore_moves_a_control_database_aside_only_when_forced(tmp_path: Path) -> None:
+    with control_filled(tmp_path / "data") as (key, _):
+        backup(tmp_path / "data", tmp_path / "backup")
+    other = KeyStore(tmp_path / "b")
+    other_key, _ = other.create("theirs", Role.ADMIN)
+    other.close()
+    with pytest.raises(Conflict, match=r"control\.db"):
+        restore(tmp_path / "backup", tmp_path / "b")
+    _, aside = restore(tmp_path / "backup", tmp_path / "b", force=True)
+    assert aside is not None and (aside / "control.db").is_file()
+    keys = KeyStore(tmp_path / "b")
+    try:
+        assert keys.verify(key) is not None and keys.verify(other_key) is None
+    finally:
+        keys.close()
+
+
+def test_a_store_only_backup_keeps_the_directory_control_database(tmp_path: Path) -> None:
+    """Format 1 (before control databases were backed up) is still restored."""
+    filled(tmp_path / "a", docs=2).close()
+    backup(tmp_path / "a", tmp_path / "backup")
+    manifest = tmp_path / "backup" / "backup.json"
+    raw = json.loads(manifest.read_text())
+    assert raw["control_sha256"] is None  # "a" has no control database
+    for name in ("control_sha256", "control_bytes", "control"):
+        del raw[name]
+    manifest.write_text(json.dumps({**raw, "format": 1}))
+    keys = KeyStore(tmp_path / "b")
+    key, _ = keys.create("mine", Role.READ)
+    keys.close()
+    restore(tmp_path / "backup", tmp_path / "b")
+    keys = KeyStore(tmp_path / "b")
+    try:
+        assert keys.verify(key) is not None
+    finally:
+        keys.close()
+
+
 def test_cli_backup_and_restore(tmp_path: Path) -> None:
     filled(tmp_path / "data", docs=4).close()
+    keys = KeyStore(tmp_path / "data")
+    keys.create("reader", Role.READ)
+    keys.close()
     runner = CliRunner()
     out = runner.invoke(app, ["backup", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "data")])
     assert out.exit_code == 0, out.output
     assert "c: 4 documents, 8 chunks" in out.output
+    assert "control.db: 1 API keys (revoked included), 0 jobs" in out.output
     again = runner.invoke(app, ["backup", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "x")])
     assert again.exit_code == 1 and "no database" in again.output
     args = ["restore", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "data")]
@@ -196,3 +296,4 @@ def test_cli_backup_and_restore(tmp_path: Path) -> None:
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert "moved" in forced.output or "replaced" in forced.output
+    assert "control.db: 1 API keys" in forced.output

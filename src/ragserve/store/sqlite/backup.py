@@ -2,18 +2,23 @@
 
 **Backup** (:func:`backup`) works while a server is serving the directory, from another process:
 it never takes the directory's lock. The derived indexes (``ann/``, ``lexical/``) are copied
-first, best effort, then SQLite's online backup API copies ``ragserve.db`` in one step, i.e. one
-read transaction: the copy is the database as of that moment (WAL readers never block the
-writer, so the server keeps writing meanwhile). Every write acknowledged before the backup
-started is in it. An index copied while it changed fails its checks at the restored store's
-first use (manifest generation and counts, sha256 of the HNSW files, tantivy's CRC32) and is
-rebuilt from SQLite, so a torn copy costs time, never correctness. ``backup.json`` records the
-format, the sha256 of the database copy and what it holds.
+first, best effort, then SQLite's online backup API copies the control database
+(``control.db``: scoped API keys and ingest jobs, :mod:`ragserve.control`) if there is one, and
+then ``ragserve.db``, each in one step, i.e. one read transaction: each copy is that database
+as of that moment (WAL readers never block the writer, so the server keeps writing meanwhile).
+Every write acknowledged before the backup started is in it; the control database goes first
+so that a job's counts never exceed what the store's copy holds. An index copied while it
+changed fails its checks at the restored store's first use (manifest generation and counts,
+sha256 of the HNSW files, tantivy's CRC32) and is rebuilt from SQLite, so a torn copy costs
+time, never correctness. ``backup.json`` records the format, the sha256 of each database copy
+and what they hold.
 
 **Restore** (:func:`restore`) checks the backup (sha256, ``PRAGMA quick_check``), takes the
 directory's lock (so no server can have it open), and copies the backup in. A data directory
-that already holds a database is refused unless ``force``; then its files are moved aside into
-``pre-restore-<time>/`` inside it, never deleted.
+that already holds a database (or a control database, when the backup has one) is refused
+unless ``force``; then its files are moved aside into ``pre-restore-<time>/`` inside it, never
+deleted. A backup made before control databases were backed up (format 1) leaves the
+directory's own ``control.db`` where it is.
 
 **Repair** (:func:`repair`) salvages a damaged database: every row SQLite can still read
 (collections, documents, chunks, table by table, in rowid ranges that skip damaged pages) goes
@@ -29,17 +34,22 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ragserve import __version__
+from ragserve.control import FILE_NAME as CONTROL
 from ragserve.errors import Conflict, InvalidInput, NotFound, Unavailable
 from ragserve.files import fsync_path, sha256_file
 from ragserve.store.sqlite.health import check_database
 
-FORMAT = 1
+#: 2: with the control database (``control_*`` fields); 1 (store only) is still read.
+FORMAT = 2
+READS = (1, 2)
+_T = TypeVar("_T")
 DB = "ragserve.db"
 DERIVED = ("ann", "lexical")
 MANIFEST = "backup.json"
@@ -54,6 +64,11 @@ class BackupInfo:
     db_bytes: int
     collections: dict[str, dict[str, int]]
     seconds: float = 0.0
+    #: The control database's copy (None: the data directory had none, or format 1).
+    control_sha256: str | None = None
+    control_bytes: int = 0
+    #: Rows of its tables: ``api_keys`` (revoked ones included), ``jobs``.
+    control: dict[str, int] = field(default_factory=dict)
 
 
 def _contents(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -80,8 +95,39 @@ def _copy_derived(src: Path, dest: Path) -> None:
             shutil.rmtree(dest / name, ignore_errors=True)  # rebuilt from SQLite after restore
 
 
+def _control_contents(conn: sqlite3.Connection) -> dict[str, int]:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {
+        t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+        for t in ("api_keys", "jobs")
+        if t in tables
+    }
+
+
+def _snapshot(source: Path, dest: Path, contents: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``source`` copied to ``dest`` by SQLite's online backup API in one step (one read
+    transaction: a consistent snapshot), as one self-contained file; ``contents`` of the copy."""
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        with (
+            closing(sqlite3.connect(source, timeout=30)) as src,
+            closing(sqlite3.connect(partial)) as out,
+        ):
+            src.execute("PRAGMA busy_timeout = 30000")
+            src.backup(out)
+            held = contents(out)
+            out.execute("PRAGMA journal_mode = DELETE")  # no WAL beside it
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise Unavailable(f"backup of {source} failed: {exc}") from None
+    fsync_path(partial)
+    partial.rename(dest)
+    return held
+
+
 def backup(data_dir: Path, dest: Path) -> BackupInfo:
-    """Copy the store in ``data_dir`` into the new or empty directory ``dest`` (see module doc)."""
+    """Copy the store in ``data_dir`` and its control database into the new or empty directory
+    ``dest`` (see module doc)."""
     source = data_dir / DB
     if not source.is_file():
         raise NotFound(f"no database at {source}")
@@ -89,22 +135,12 @@ def backup(data_dir: Path, dest: Path) -> BackupInfo:
         raise Conflict(f"{dest} is not empty: back up into a new directory")
     started = time.perf_counter()
     dest.mkdir(parents=True, exist_ok=True)
-    _copy_derived(data_dir, dest)  # before the snapshot: see the module docstring
-    partial = dest / (DB + ".partial")
-    try:
-        with (
-            closing(sqlite3.connect(source, timeout=30)) as src,
-            closing(sqlite3.connect(partial)) as out,
-        ):
-            src.execute("PRAGMA busy_timeout = 30000")
-            src.backup(out)  # one step: one read transaction, a consistent snapshot
-            collections = _contents(out)
-            out.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-    except sqlite3.Error as exc:
-        partial.unlink(missing_ok=True)
-        raise Unavailable(f"backup of {source} failed: {exc}") from None
-    fsync_path(partial)
-    partial.rename(dest / DB)
+    _copy_derived(data_dir, dest)  # before the snapshots: see the module docstring
+    control: dict[str, int] = {}
+    if (data_dir / CONTROL).is_file():  # before the store's: see the module docstring
+        control = _snapshot(data_dir / CONTROL, dest / CONTROL, _control_contents)
+    collections = _snapshot(source, dest / DB, _contents)
+    has_control = (dest / CONTROL).is_file()
     info = BackupInfo(
         format=FORMAT,
         ragserve=__version__,
@@ -113,6 +149,9 @@ def backup(data_dir: Path, dest: Path) -> BackupInfo:
         db_bytes=(dest / DB).stat().st_size,
         collections=collections,
         seconds=round(time.perf_counter() - started, 3),
+        control_sha256=sha256_file(dest / CONTROL) if has_control else None,
+        control_bytes=(dest / CONTROL).stat().st_size if has_control else 0,
+        control=control,
     )
     (dest / MANIFEST).write_text(json.dumps(asdict(info), indent=2) + "\n")
     fsync_path(dest / MANIFEST)
@@ -125,18 +164,25 @@ def read_info(src: Path) -> BackupInfo:
         info = BackupInfo(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise InvalidInput(f"{src} is not a ragserve backup ({MANIFEST}: {exc})") from None
-    if info.format != FORMAT:
-        raise InvalidInput(f"{src}: backup format {info.format}, this ragserve reads {FORMAT}")
+    if info.format not in READS:
+        raise InvalidInput(
+            f"{src}: backup format {info.format}, this ragserve reads {', '.join(map(str, READS))}"
+        )
     return info
 
 
 def verify(src: Path) -> BackupInfo:
-    """The backup's manifest, once its database matches the recorded sha256 and quick_check."""
+    """The backup's manifest, once its databases match the recorded sha256 and quick_check."""
     info = read_info(src)
-    db = src / DB
-    if not db.is_file() or sha256_file(db) != info.db_sha256:
-        raise InvalidInput(f"{db} does not match {src / MANIFEST} (sha256): the backup is damaged")
-    check_database(db)
+    for name, sha256 in ((DB, info.db_sha256), (CONTROL, info.control_sha256)):
+        if sha256 is None:
+            continue
+        db = src / name
+        if not db.is_file() or sha256_file(db) != sha256:
+            raise InvalidInput(
+                f"{db} does not match {src / MANIFEST} (sha256): the backup is damaged"
+            )
+        check_database(db)
     return info
 
 
@@ -158,8 +204,11 @@ def _locked(data_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _store_files(data_dir: Path) -> list[Path]:
+def _store_files(data_dir: Path, *, control: bool = False) -> list[Path]:
+    """The store's files in ``data_dir``; with ``control``, the control database's too."""
     names = [DB, DB + "-wal", DB + "-shm", *DERIVED]
+    if control:
+        names += [CONTROL, CONTROL + "-wal", CONTROL + "-shm"]
     return [data_dir / n for n in names if (data_dir / n).exists()]
 
 
@@ -175,21 +224,24 @@ def restore(src: Path, data_dir: Path, *, force: bool = False) -> tuple[BackupIn
     """Copy the backup ``src`` into ``data_dir``; returns its manifest and where the replaced
     files went (None if there were none)."""
     info = verify(src)
+    control = info.control_sha256 is not None
     with _locked(data_dir):
-        existing = _store_files(data_dir)
+        existing = _store_files(data_dir, control=control)
         if existing and not force:
             raise Conflict(
                 f"{data_dir} already holds a store ({', '.join(p.name for p in existing)}): "
                 "restore into an empty directory, or pass --force to move those files aside"
             )
         aside = _move_aside(data_dir, existing, "pre-restore") if existing else None
-        partial = data_dir / (DB + ".partial")
-        shutil.copyfile(src / DB, partial)
-        fsync_path(partial)
+        names = [CONTROL, DB] if control else [DB]  # the store's database last: it completes it
+        for name in names:
+            shutil.copyfile(src / name, data_dir / (name + ".partial"))
+            fsync_path(data_dir / (name + ".partial"))
         for name in DERIVED:
             if (src / name).is_dir():
                 shutil.copytree(src / name, data_dir / name)
-        partial.rename(data_dir / DB)
+        for name in names:
+            (data_dir / (name + ".partial")).rename(data_dir / name)
     return info, aside
 
 
