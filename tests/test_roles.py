@@ -129,8 +129,10 @@ def test_a_models_process_serves_models_and_opens_no_store(tmp_path: Path) -> No
         assert r.status_code == 200
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "ragserve_collection_documents" not in metrics.text
-    data = tmp_path / "data"  # at most the scoped keys' control.db (ragserve.keys): no store
-    assert all(p.name.startswith("control.db") for p in data.glob("*")), list(data.glob("*"))
+        assert client.get("/v1/keys").status_code == 404  # no scoped keys: nothing stateful
+        assert client.get("/v1/jobs").status_code == 404
+    data = tmp_path / "data"  # no store, no control database (keys, jobs): nothing written
+    assert not data.exists() or not any(data.iterdir()), list(data.iterdir())
 
 
 # ------------------------------------------------------------------------------ start-up checks

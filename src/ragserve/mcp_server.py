@@ -8,7 +8,8 @@ errors) and the code of each route exists once:
 * ``/mcp`` on a running server (streamable HTTP, stateless, JSON answers) calls the app it is
   mounted in, in process (``httpx.ASGITransport``), with the caller's ``Authorization`` header;
   the endpoint itself refuses callers without a valid key when keys are set. One server, one
-  copy of the models, any number of agents.
+  copy of the models, any number of agents. The route is mounted by
+  :mod:`ragserve.api.mcp_mount`, which imports this module (and the SDK) on first use.
 * ``ragserve mcp`` speaks MCP over stdio: against a running server (``--url``), or, without
   one, against an app it starts in process over the local data directory.
 """
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
+from anyio.abc import TaskStatus
 from fastapi import FastAPI
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -30,16 +32,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, Field
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from ragserve import __version__
 from ragserve.api import schemas as s
-from ragserve.api.auth import check_key
-from ragserve.api.errors import error_response
 from ragserve.client import AsyncClient
-from ragserve.errors import RagserveError, Unauthorized, Unavailable
-from ragserve.keys import KeyStore
+from ragserve.errors import RagserveError, Unavailable
 
 #: An AsyncClient for one tool call, given the MCP request's context.
 ClientFactory = Callable[[Context[Any, Any]], contextlib.AbstractAsyncContextManager[AsyncClient]]
@@ -292,57 +289,34 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class _Endpoint:
-    """``/mcp``: the SDK's streamable HTTP transport behind the server's API keys (401 as every
-    /v1 route answers it). A session manager runs once: each lifespan starts a new one."""
+class McpHttp:
+    """``/mcp``'s MCP side: the server, served over the SDK's streamable HTTP transport
+    (stateless, JSON answers) by a session manager (:mod:`ragserve.api.mcp_mount` mounts it,
+    checks the keys and starts it on first use)."""
 
-    def __init__(
-        self,
-        server: MCPServer,
-        keys: list[bytes],
-        security: TransportSecuritySettings,
-        scoped: KeyStore | None = None,
-    ):
+    def __init__(self, server: MCPServer, security: TransportSecuritySettings) -> None:
         self.server = server
-        self.keys = keys
-        self.scoped = scoped  # scoped keys pass here; the /v1 routes the tools call check scope
         self.security = security
-        self.manager: StreamableHTTPSessionManager | None = None
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        self.manager = StreamableHTTPSessionManager(
+    async def serve(
+        self, stop: anyio.Event, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run a session manager until ``stop``; ``task_status.started(manager)`` once it
+        takes requests. A session manager runs once: each lifespan starts a new one."""
+        manager = StreamableHTTPSessionManager(
             app=self.server._lowlevel_server,  # as MCPServer.streamable_http_app does
             json_response=True,
             stateless=True,
             security_settings=self.security,
         )
-        async with self.manager.run():
-            yield
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            check_key(headers.get("authorization"), self.keys, self.scoped)
-            if self.manager is None:
-                raise Unavailable("not ready: MCP is starting")
-        except RagserveError as exc:
-            challenge = {"WWW-Authenticate": 'Bearer realm="ragserve"'}
-            response = error_response(
-                exc.status_code,
-                exc.error_type,
-                exc.message,
-                challenge if isinstance(exc, Unauthorized) else None,
-            )
-            await response(scope, receive, send)
-            return
-        await self.manager.handle_request(scope, receive, send)
+        async with manager.run():
+            task_status.started(manager)
+            await stop.wait()
 
 
-def install_mcp(
-    app: FastAPI, host: str
-) -> Callable[[], contextlib.AbstractAsyncContextManager[None]]:
-    """Mount ``/mcp`` on ``app``; returns what the app's lifespan must run around serving."""
+def http_server(app: FastAPI, host: str) -> McpHttp:
+    """The MCP server of ``app``: its tools call the app in process (``httpx.ASGITransport``)
+    with the caller's ``Authorization`` header."""
     transport = httpx.ASGITransport(app=app)
 
     @contextlib.asynccontextmanager
@@ -363,11 +337,7 @@ def install_mcp(
         if _loopback(host)
         else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     )
-    endpoint = _Endpoint(
-        build_mcp(client_for), app.state.api_keys, security, getattr(app.state, "keys", None)
-    )
-    app.router.routes.append(Route("/mcp", endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
-    return endpoint.running
+    return McpHttp(build_mcp(client_for), security)
 
 
 # ------------------------------------------------------------------------------ stdio

@@ -28,6 +28,7 @@ from ragserve.api.auth import document_security
 from ragserve.api.docs import install_docs
 from ragserve.api.errors import install_error_handlers
 from ragserve.api.jobs import jobs_router
+from ragserve.api.mcp_mount import install_mcp
 from ragserve.api.middleware import BodyLimitMiddleware
 from ragserve.api.observability import install_observability
 from ragserve.api.routes import collections_router, health_router, models_router
@@ -36,8 +37,8 @@ from ragserve.console import install_console
 from ragserve.errors import RagserveError
 from ragserve.jobs import Jobs
 from ragserve.keys import KeyStore
-from ragserve.mcp_server import install_mcp
 from ragserve.metrics import AdmissionCollector
+from ragserve.roles import has_store
 from ragserve.service import RetrievalService
 from ragserve.store.sqlite.health import ReportsHealth
 
@@ -108,6 +109,7 @@ def create_app(
     settings = settings or (service.settings if service else Settings())
     state = Readiness(service=service, on_failure=on_startup_failure)
     admission = Admission.from_settings(settings)
+    stateful = has_store(settings.role)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,7 +125,8 @@ def create_app(
             async with mcp_sessions():
                 yield
         finally:
-            await to_thread.run_sync(app.state.jobs.close)  # the running job stops first
+            if stateful:
+                await to_thread.run_sync(app.state.jobs.close)  # the running job stops first
             admission.close()
             parsing = getattr(app.state, "parsing", None)
             if parsing is not None:  # the upload parser processes (routes._parsing)
@@ -131,7 +134,8 @@ def create_app(
             loader.join(timeout=60)
             if state.service is not None and service is None:
                 state.service.close()
-            app.state.keys.close()
+            if stateful:
+                app.state.keys.close()
 
     app = FastAPI(
         title="ragserve",
@@ -145,24 +149,26 @@ def create_app(
     app.state.readiness = state
     app.state.admission = admission  # bounded queues per kind of work (routes.admitted)
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
-    app.state.keys = KeyStore(settings.data_dir)  # scoped keys (ragserve.keys)
-    app.state.jobs = Jobs(  # ingest jobs (ragserve.jobs)
-        settings.data_dir,
-        lambda: state.service if state.ready else None,
-        max_queued=settings.max_queued_jobs,
-    )
+    if stateful:  # a model server keeps nothing: no control database (global keys only)
+        app.state.keys = KeyStore(settings.data_dir)  # scoped keys (ragserve.keys)
+        app.state.jobs = Jobs(  # ingest jobs (ragserve.jobs)
+            settings.data_dir,
+            lambda: state.service if state.ready else None,
+            max_queued=settings.max_queued_jobs,
+        )
     document_security(app)
     install_error_handlers(app)
     install_docs(app)
     app.include_router(health_router)
     mcp_sessions: Callable[[], AbstractAsyncContextManager[None]] = nullcontext
-    if settings.role != "models":  # a model server has no collections (ragserve.roles)
+    if stateful:  # a model server has no collections (ragserve.roles)
         app.include_router(collections_router)
         app.include_router(jobs_router)
         mcp_sessions = install_mcp(app, settings.host)  # /mcp and /ui work on collections
         install_console(app)
     app.include_router(models_router)
-    app.include_router(admin_router)
+    if stateful:
+        app.include_router(admin_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if observability:  # added last: the outermost middleware, so it sees every response
         metrics = install_observability(app, state.running)
