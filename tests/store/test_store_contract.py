@@ -225,6 +225,17 @@ def test_chunk_windows_read_index_ranges_in_one_snapshot(coll: Store) -> None:
         coll.chunk_windows("nope", [("d1", 0, 1)])
 
 
+def test_many_chunk_windows_come_back_in_order(coll: Store) -> None:
+    add(coll, "d1", ["a0", "a1", "a2", "a3"])
+    add(coll, "d2", ["b0"])
+    windows = [("d1" if i % 3 else "d2", i % 4, i % 4 + i % 2) for i in range(450)]
+    got = coll.chunk_windows("c", windows)
+    assert [[ch.id for ch in w] for w in got] == [
+        [f"{d}#{i}" for i in range(lo, hi + 1) if i < (4 if d == "d1" else 1)]
+        for d, lo, hi in windows
+    ]
+
+
 @pytest.mark.parametrize(
     "vectors",
     [

@@ -174,6 +174,10 @@ def fts_query(text: str) -> str:
     return fts_match(query_words(text))
 
 
+#: Windows read per statement by ``chunk_windows`` (4 parameters each).
+_WINDOWS_PER_STATEMENT = 200
+
+
 @dataclass(frozen=True, slots=True)
 class _Collection:
     id: int
@@ -598,22 +602,25 @@ class SqliteStore(SearchByRefs):
         c = self._collection(conn, collection)
         if not windows:
             return []
+        out: list[list[Chunk]] = [[] for _ in windows]
         conn.execute("BEGIN")  # one snapshot for every window
         try:
-            out = []
-            for doc_id, first, last in windows:
+            for at in range(0, len(windows), _WINDOWS_PER_STATEMENT):
+                part = windows[at : at + _WINDOWS_PER_STATEMENT]
                 rows = conn.execute(
-                    "SELECT c.idx, c.text, c.start_char, c.end_char, c.metadata FROM chunks c "
-                    "JOIN documents d ON d.id = c.document_id WHERE d.collection_id = ? "
-                    "AND d.doc_id = ? AND c.idx BETWEEN ? AND ? ORDER BY c.idx",
-                    (c.id, doc_id, first, last),
+                    "WITH w(n, doc_id, first, last) AS (VALUES "
+                    + ",".join(["(?, ?, ?, ?)"] * len(part))
+                    + ") SELECT w.n, c.idx, c.text, c.start_char, c.end_char, c.metadata "
+                    "FROM w JOIN documents d ON d.collection_id = ? AND d.doc_id = w.doc_id "
+                    "JOIN chunks c ON c.document_id = d.id AND c.idx BETWEEN w.first AND w.last "
+                    "ORDER BY w.n, c.idx",
+                    [v for n, w in enumerate(part, start=at) for v in (n, *w)] + [c.id],
                 ).fetchall()
-                out.append(
-                    tuple(Chunk(doc_id, r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows)
-                )
+                for n, idx, text, start, end, meta in rows:
+                    out[n].append(Chunk(windows[n][0], idx, text, start, end, json.loads(meta)))
         finally:
             conn.execute("COMMIT")
-        return out
+        return [tuple(chunks) for chunks in out]
 
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` with its chunks and vectors (for migrations)."""
