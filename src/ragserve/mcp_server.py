@@ -29,7 +29,6 @@ from fastapi import FastAPI
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, Field
 
@@ -303,12 +302,12 @@ class McpHttp:
     ) -> None:
         """Run a session manager until ``stop``; ``task_status.started(manager)`` once it
         takes requests. A session manager runs once: each lifespan starts a new one."""
-        manager = StreamableHTTPSessionManager(
-            app=self.server._lowlevel_server,  # as MCPServer.streamable_http_app does
-            json_response=True,
-            stateless=True,
-            security_settings=self.security,
+        # The SDK's public way to a session manager: building its app makes a new one (the
+        # Starlette app around it is not used: ragserve.api.mcp_mount hands requests to it).
+        self.server.streamable_http_app(
+            json_response=True, stateless_http=True, transport_security=self.security
         )
+        manager = self.server.session_manager
         async with manager.run():
             task_status.started(manager)
             await stop.wait()

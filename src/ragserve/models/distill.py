@@ -396,6 +396,7 @@ def _bert_config(state: dict[str, np.ndarray], layers: int, heads: int) -> Any:
         num_labels=1,
         hidden_act="gelu",
         layer_norm_eps=1e-12,
+        attn_implementation="eager",  # the graph the ORT fusions know
     )
     return BertConfig(**values)
 
@@ -406,7 +407,6 @@ def init_student(state: dict[str, np.ndarray], layers: Sequence[int], heads: int
     from transformers import BertForSequenceClassification
 
     config = _bert_config(state, len(layers), heads)
-    config._attn_implementation = "eager"  # the graph the ORT fusions know
     student = BertForSequenceClassification(config)
     mapped = {}
     for key, value in state.items():

@@ -267,11 +267,16 @@ class HnswIndex:
                 self._skip_dead = None
                 self._node[key] = -1
 
+    def live_keys(self) -> Keys:
+        """The keys of the live vectors, sorted."""
+        live = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+        live.sort()
+        return live
+
     def compacted(self) -> HnswIndex:
         """A new index of the live vectors only (no tombstones); this one is left as it is."""
         fresh = HnswIndex(self.dimension, self.params)
-        live = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
-        live.sort()
+        live = self.live_keys()
         for lo in range(0, len(live), 20_000):
             fresh.add(*self.vectors(live[lo : lo + 20_000]))
         return fresh
@@ -437,8 +442,7 @@ class DenseIndex:
     def _compact(self, old: HnswIndex) -> None:
         try:
             with self.lock:
-                live = np.fromiter(old._live, dtype=np.int64, count=len(old._live))
-            live.sort()
+                live = old.live_keys()
             fresh = HnswIndex(self.dimension, old.params)
             for lo in range(0, len(live), COMPACTION_BATCH):
                 with self.lock:  # writes may change the old index between batches

@@ -256,6 +256,12 @@ class MetadataIndex:
         if self._dead > max(1024, len(self._slot_of)):
             self._compact()
 
+    def map_chunks(self, chunks: Keys, doc_rows: Keys) -> None:
+        """Record the document (``documents.id``, already put) of each chunk rowid."""
+        with self._lock:
+            slots = np.array([self._slot_of[d] for d in doc_rows.tolist()], dtype=np.int32)
+            self._chunk_slot = assign(self._chunk_slot, chunks, slots)
+
     def delete(self, doc_row: int, removed: Keys) -> None:
         with self._lock:
             self._cache.clear()
@@ -380,10 +386,7 @@ class MetadataKeeper:
         ).fetchall()
         if rows:
             pairs = np.array(rows, dtype=np.int64)
-            slots = np.array([index._slot_of[d] for d in pairs[:, 1].tolist()], dtype=np.int32)
-            keys = pairs[:, 0]
-            with index._lock:
-                index._chunk_slot = assign(index._chunk_slot, keys, slots)
+            index.map_chunks(pairs[:, 0], pairs[:, 1])
         return index
 
     def put(self, cid: int, doc_row: int, metadata: str, removed: Keys, added: Keys) -> None:
