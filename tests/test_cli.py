@@ -129,3 +129,31 @@ def test_stats_of_a_server_that_is_not_there(cli: Cli) -> None:
 def test_a_missing_config_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     out = cli("--config", str(tmp_path / "none.env"), "collections", "list", code=2).output
     assert "does not exist" in " ".join(out.split())
+
+
+def test_ingest_walks_the_directory_once(
+    cli: Cli, notes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragserve.ingest import sources
+
+    walks: list[Path] = []
+    walk = sources.walk_files
+
+    def counted(root: Path, **options: object) -> Iterator[tuple[Path, str]]:
+        walks.append(root)
+        return walk(root, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sources, "walk_files", counted)
+    out = cli("ingest", str(notes), "--collection", "n").output
+    assert "n: 2 created" in out
+    assert walks == [notes]  # counted for the progress bar and read from one walk
+
+
+def test_ingest_of_one_file_and_of_a_missing_path(cli: Cli, notes: Path) -> None:
+    out = cli("ingest", str(notes / "bread.md"), "--collection", "n").output
+    assert "n: 1 created" in out
+    found = json.loads(cli("search", "sourdough", "-c", "n", "--json").output)
+    assert found["results"][0]["document_id"] == "bread.md"
+    missing = cli("ingest", str(notes / "gone"), "--collection", "other", code=2).output
+    assert "does not exist" in " ".join(missing.split())
+    assert "other" not in cli("collections", "list").output  # nothing was created for it

@@ -234,3 +234,15 @@ def test_hybrid_searches_leave_out_an_optional_query_instruction(
         )
     finally:
         svc.close()
+
+
+def test_ensure_collection_returns_or_creates(service: RetrievalService) -> None:
+    from ragserve.errors import CollectionNotFound
+
+    assert service.ensure_collection("c").name == "c"  # the existing one
+    with pytest.raises(CollectionNotFound):
+        service.ensure_collection("new", create=False)
+    assert "new" not in [c.name for c in service.list_collections()]
+    made = service.ensure_collection("new")
+    assert made.name == "new" and made.documents == 0
+    assert "new" in [c.name for c in service.list_collections()]

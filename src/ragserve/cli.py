@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,16 @@ def fail(exc: RagserveError | str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A :class:`RagserveError` in this block is the caller's wrong input (a dataset, a key's
+    role): exit status 2 instead of :class:`_Commands`' 1."""
+    try:
+        yield
+    except RagserveError as exc:
+        raise fail(exc, 2) from None
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -99,10 +109,7 @@ def _size(n: int) -> str:
 def models_list() -> None:
     """Show every model: kind, whether it is cached, its size and source."""
     s = settings()
-    try:
-        catalog = Catalog.load(s.custom_models_path)
-    except RagserveError as exc:
-        raise fail(exc) from None
+    catalog = Catalog.load(s.custom_models_path)
     cache = model_cache(s)
     table = Table(title=f"models (cache: {s.model_dir})")
     longest = max(len(spec.name) + len(" (default)") for spec in catalog)
@@ -151,32 +158,29 @@ def models_pull(
 ) -> None:
     """Pull models into the persistent cache and verify them (the preload step)."""
     s = settings()
-    try:
-        catalog = Catalog.load(s.custom_models_path)
-        if all_models:
-            specs = list(catalog)
-        else:
-            wanted = names or [s.embedder] + ([s.reranker] if s.reranker_load != "off" else [])
-            specs = [catalog.get(n) for n in wanted]
-        cache = model_cache(s)
-        cache.allow_unpinned = cache.allow_unpinned or allow_unpinned
+    catalog = Catalog.load(s.custom_models_path)
+    if all_models:
+        specs = list(catalog)
+    else:
+        wanted = names or [s.embedder] + ([s.reranker] if s.reranker_load != "off" else [])
+        specs = [catalog.get(n) for n in wanted]
+    cache = model_cache(s)
+    cache.allow_unpinned = cache.allow_unpinned or allow_unpinned
+    for spec in specs:
+        with console.status(f"pulling {spec.name}…"):
+            result = cache.pull(spec, force=force, source_dir=from_dir, progress=err.print)
+        verb = {"cached": "already cached", "pulled": "pulled", "repaired": "repaired"}
+        console.print(
+            f"{spec.name}: {verb[result.status]} ({_size(result.size_bytes)}, "
+            f"{result.source}, {result.seconds:.1f} s)"
+        )
+    if warm:
+        manager = ModelManager.from_settings(s)
         for spec in specs:
-            with console.status(f"pulling {spec.name}…"):
-                result = cache.pull(spec, force=force, source_dir=from_dir, progress=err.print)
-            verb = {"cached": "already cached", "pulled": "pulled", "repaired": "repaired"}
-            console.print(
-                f"{spec.name}: {verb[result.status]} ({_size(result.size_bytes)}, "
-                f"{result.source}, {result.seconds:.1f} s)"
-            )
-        if warm:
-            manager = ModelManager.from_settings(s)
-            for spec in specs:
-                load = manager.embedder if spec.kind is Kind.EMBEDDER else manager.reranker
-                load(spec.name)
-                seconds = {r.name: r.seconds for r in manager.snapshot().loads}[spec.name]
-                console.print(f"{spec.name}: loads in {seconds:.2f} s")
-    except RagserveError as exc:
-        raise fail(exc) from None
+            load = manager.embedder if spec.kind is Kind.EMBEDDER else manager.reranker
+            load(spec.name)
+            seconds = {r.name: r.seconds for r in manager.snapshot().loads}[spec.name]
+            console.print(f"{spec.name}: loads in {seconds:.2f} s")
 
 
 @models_app.command("register")
@@ -195,32 +199,29 @@ def models_register(
 ) -> None:
     """Register your own ONNX model (a directory with an ONNX file and a tokenizer.json)."""
     s = settings()
-    try:
-        catalog = Catalog.load(s.custom_models_path)
-        if not path.is_dir():
-            raise fail(f"{path} is not a directory", 2)
-        if name in catalog and catalog.get(name).builtin:
-            raise fail(f"{name!r} is a built-in model; choose another name", 2)
-        spec = custom_spec(
-            name,
-            path=path,
-            kind=kind,
-            dimension=dimension,
-            pooling=pooling,
-            max_length=max_length,
-            query_prefix=query_prefix,
-            document_prefix=document_prefix,
-            onnx_file=onnx_file,
-            licence=licence,
-        )
-        others = [c for c in catalog.custom() if c.name != name]
-        save_custom(s.custom_models_path, [*others, spec])
-        console.print(f"registered {name} in {s.custom_models_path}")
-        if pull:
-            result = model_cache(s).pull(spec, force=True)
-            console.print(f"{name}: cached ({_size(result.size_bytes)})")
-    except RagserveError as exc:
-        raise fail(exc) from None
+    catalog = Catalog.load(s.custom_models_path)
+    if not path.is_dir():
+        raise fail(f"{path} is not a directory", 2)
+    if name in catalog and catalog.get(name).builtin:
+        raise fail(f"{name!r} is a built-in model; choose another name", 2)
+    spec = custom_spec(
+        name,
+        path=path,
+        kind=kind,
+        dimension=dimension,
+        pooling=pooling,
+        max_length=max_length,
+        query_prefix=query_prefix,
+        document_prefix=document_prefix,
+        onnx_file=onnx_file,
+        licence=licence,
+    )
+    others = [c for c in catalog.custom() if c.name != name]
+    save_custom(s.custom_models_path, [*others, spec])
+    console.print(f"registered {name} in {s.custom_models_path}")
+    if pull:
+        result = model_cache(s).pull(spec, force=True)
+        console.print(f"{name}: cached ({_size(result.size_bytes)})")
 
 
 @models_app.command("export")
@@ -250,18 +251,15 @@ def models_export(
     from ragserve.models.export import ExportOptions, export_to_cache
 
     s = settings()
-    try:
-        report = export_to_cache(
-            source,
-            model_cache(s),
-            Catalog.load(s.custom_models_path),
-            s.custom_models_path,
-            name=name,
-            options=ExportOptions(quantize=quantize, min_cosine=min_cosine, max_length=max_length),
-            progress=err.print,
-        )
-    except RagserveError as exc:
-        raise fail(exc) from None
+    report = export_to_cache(
+        source,
+        model_cache(s),
+        Catalog.load(s.custom_models_path),
+        s.custom_models_path,
+        name=name,
+        options=ExportOptions(quantize=quantize, min_cosine=min_cosine, max_length=max_length),
+        progress=err.print,
+    )
     console.print_json(data=report.to_json())
     console.print(
         f"{report.name}: cached; min/mean cosine to fp32 {report.min_cosine:.4f}/"
@@ -314,10 +312,7 @@ def models_distill_reranker(
         seed=seed,
         threads=s.effective_threads,
     )
-    try:
-        report = distill_to_cache(s, teacher, corpus, name, options, progress=err.print)
-    except RagserveError as exc:
-        raise fail(exc) from None
+    report = distill_to_cache(s, teacher, corpus, name, options, progress=err.print)
     console.print_json(data=report.to_json())
     console.print(
         f"{report.name}: cached in {report.seconds['total']:.0f} s; "
@@ -422,10 +417,8 @@ def mcp_command(
 
     s = settings()
     key = api_key or (s.api_keys[0].get_secret_value() if s.api_keys else None)
-    try:
-        anyio.run(serve_stdio, url, key, lambda: create_app(s, observability=False))
-    except RagserveError as exc:  # start-up failed: say why on stderr, exit non-zero
-        raise fail(exc) from None
+    # A start-up that fails says why on stderr and exits non-zero (_Commands).
+    anyio.run(serve_stdio, url, key, lambda: create_app(s, observability=False))
 
 
 @config_app.command("show")
@@ -538,7 +531,6 @@ def ingest(
     import json
     import time
 
-    from ragserve.errors import CollectionNotFound
     from ragserve.ingest import sources
     from ragserve.ingest.limits import Limits
     from ragserve.service import STAGES, IngestTimings
@@ -547,59 +539,39 @@ def ingest(
         raise fail("--watch and --source go with --sync", 2)
     if sync and not Path(path).is_dir():
         raise fail(f"--sync takes a directory; {path} is not one", 2)
-    svc = _service(bulk=True)
-    if sync:
-        _sync_folder(svc, Path(path), collection, create, embedder, include, exclude, watch, source)
-        return
-    try:
+    if path != "-" and not Path(path).exists():
+        raise fail(f"{path} does not exist", 2)
+    include_globs = tuple(include) if include else sources.default_include()
+    exclude_globs = (*sources.DEFAULT_EXCLUDE, *(exclude or ()))  # hidden files stay out
+    with _opened(bulk=True) as svc:
+        svc.ensure_collection(collection, embedder, create=create)
+        if sync:
+            _sync_folder(svc, Path(path), collection, include_globs, exclude_globs, watch, source)
+            return
         s = svc.settings
         limits = Limits.from_settings(s)  # the same per-document budgets as the server's
-        try:
-            svc.get_collection(collection)
-        except CollectionNotFound:
-            if not create:
-                raise
-            svc.create_collection(collection, embedder)
+        total: int | None = None
         if path == "-":
             fmt = stdin_format if stdin_format in ("auto", "jsonl", "json", "text") else "auto"
             items = sources.stdin_source(max_bytes=s.max_document_bytes, fmt=fmt, limits=limits)  # type: ignore[arg-type]
-            total = None
+        elif Path(path).is_dir():  # walked once: the files are counted, then read
+            walk = sources.walk_files(Path(path), include=include_globs, exclude=exclude_globs)
+            files = list(walk)
+            total = len(files)
+            items = sources.iter_walked(files, max_bytes=s.max_document_bytes, limits=limits)
         else:
-            root = Path(path)
-            if not root.exists():
-                raise fail(f"{path} does not exist", 2)
-            inc = tuple(include) if include else sources.default_include()
-            exc = (*sources.DEFAULT_EXCLUDE, *(exclude or ()))  # hidden files stay out
-            items = sources.iter_path(
-                root, max_bytes=s.max_document_bytes, include=inc, exclude=exc, limits=limits
-            )
-            total = (
-                sum(1 for _ in sources.walk_files(root, include=inc, exclude=exc))
-                if root.is_dir()
-                else None
-            )
+            items = sources.iter_path(Path(path), max_bytes=s.max_document_bytes, limits=limits)
         counts = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
         failures: list[tuple[str, str]] = []
         timings = IngestTimings()
         started = time.perf_counter()
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-        ) as progress:
+        with _progress() as progress:
             task = progress.add_task(f"ingesting into {collection}", total=total)
             for result in svc.ingest_iter(collection, items, timings=timings):
                 counts[result.status] += 1
                 if result.status == "failed":
                     failures.append((result.id, result.error or "failed"))
                 progress.advance(task)
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     console.print(f"{collection}: {summary}")
@@ -631,16 +603,12 @@ def _sync_folder(
     svc: RetrievalService,
     root: Path,
     collection: str,
-    create: bool,
-    embedder: str | None,
-    include: list[str] | None,
-    exclude: list[str] | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
     watch: bool,
     source: str | None,
 ) -> None:
     """``ingest DIR --sync [--watch]``: one sync with a progress bar, or a sync per change."""
-    from ragserve.errors import CollectionNotFound
-    from ragserve.ingest import sources
     from ragserve.ingest.limits import Limits
     from ragserve.sync import Folder, SyncReport, sync_folder, watch_folder
 
@@ -650,40 +618,36 @@ def _sync_folder(
         for doc, reason in report.failures:
             err.print(f"  failed: {doc}: {reason}", highlight=False, markup=False)
 
-    try:
-        try:
-            svc.get_collection(collection)
-        except CollectionNotFound:
-            if not create:
-                raise
-            svc.create_collection(collection, embedder)
-        folder = Folder.of(
-            root,
-            source,
-            include=tuple(include) if include else sources.default_include(),
-            exclude=(*sources.DEFAULT_EXCLUDE, *(exclude or ())),
-            max_bytes=svc.settings.max_document_bytes,
-            limits=Limits.from_settings(svc.settings),
-        )
-        if watch:
-            err.print(f"watching {root} (Ctrl-C stops)")
-            watch_folder(svc, collection, folder, on_report=summary)
-            return
-        with Progress(
-            SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
-            BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-        ) as progress:  # fmt: skip
-            task = progress.add_task(f"syncing into {collection}", total=len(folder.files()))
-            report = sync_folder(
-                svc, collection, folder, on_result=lambda _r: progress.advance(task)
-            )
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
+    folder = Folder.of(
+        root,
+        source,
+        include=include,
+        exclude=exclude,
+        max_bytes=svc.settings.max_document_bytes,
+        limits=Limits.from_settings(svc.settings),
+    )
+    if watch:
+        err.print(f"watching {root} (Ctrl-C stops)")
+        watch_folder(svc, collection, folder, on_report=summary)
+        return
+    with _progress() as progress:
+        task = progress.add_task(f"syncing into {collection}", total=len(folder.files()))
+        report = sync_folder(svc, collection, folder, on_result=lambda _r: progress.advance(task))
     summary(report)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    """The progress bar of long commands, on stderr."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
 
 
 @app.command()
@@ -718,8 +682,7 @@ def search(
         parsed_filter = json.loads(filter_json) if filter_json else None
     except ValueError as exc:
         raise fail(f"--filter is not valid JSON: {exc}", 2) from None
-    svc = _service()
-    try:
+    with _opened() as svc:
         result = svc.search(
             collection,
             SearchRequest(
@@ -734,10 +697,6 @@ def search(
                 expand=ExpandSpec(neighbors=neighbors) if neighbors else None,
             ),
         )
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
     if as_json:
         console.print_json(search_json(result).decode())  # the HTTP API's response
         return
@@ -806,41 +765,30 @@ def eval_command(
     )
     from ragserve.evaluation import compare, load_beir
 
-    try:
+    with usage_errors():
         data = load_beir(dataset)
         runs = [r for r in RUNS if rerank or not r.rerank] + [parse_run(f) for f in fusion or []]
         earlier = read_per_query(compare_with) if compare_with else {}
-    except RagserveError as exc:
-        raise fail(exc, 2) from None
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise fail(f"a run is named twice: {labels}", 2)
     name = collection or f"eval-{dataset.resolve().name}"
-    svc = _service()
-    try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=err,
-        ) as progress:  # fmt: skip
-            task = progress.add_task(f"indexing {dataset.name}", total=None)
-            counts = ingest_corpus(
-                svc, data, name, embedder=embedder, progress=lambda _r: progress.advance(task)
-            )
-            n_queries = min(len(data.test_queries), max_queries or len(data.test_queries))
-            qtask = progress.add_task("searching", total=len(runs) * n_queries)
-            rows = evaluate(
-                svc,
-                data,
-                name,
-                runs=runs,
-                max_queries=max_queries,
-                drop_identical=drop_identical_ids,
-                progress=lambda _label, _i: progress.advance(qtask),
-            )
-    except RagserveError as exc:
-        raise fail(exc) from None
-    finally:
-        svc.close()
+    with _opened() as svc, _progress() as progress:
+        task = progress.add_task(f"indexing {dataset.name}", total=None)
+        counts = ingest_corpus(
+            svc, data, name, embedder=embedder, progress=lambda _r: progress.advance(task)
+        )
+        n_queries = min(len(data.test_queries), max_queries or len(data.test_queries))
+        qtask = progress.add_task("searching", total=len(runs) * n_queries)
+        rows = evaluate(
+            svc,
+            data,
+            name,
+            runs=runs,
+            max_queries=max_queries,
+            drop_identical=drop_identical_ids,
+            progress=lambda _label, _i: progress.advance(qtask),
+        )
     base = next((r for r in rows if r.label == baseline), None)
     table = Table(title=f"{dataset.name}: {n_queries} test queries")
     for col in ("run", "nDCG@10", "Recall@100", "p50 ms", f"vs {baseline}: delta", "W/L", "p"):
@@ -889,10 +837,7 @@ def stats(
     if url is None:
         s = settings()
         url = f"http://{s.host}:{s.port}"
-    try:
-        data = fetch_stats(url, api_key)
-    except RagserveError as exc:
-        raise fail(exc) from None
+    data = fetch_stats(url, api_key)
     if as_json:
         console.print_json(data=data)
     else:
@@ -931,8 +876,6 @@ def migrate_cmd(
                 bar.update(tasks[name], completed=done)
 
             reports = migrate(stores[0], stores[1], collection, advance)
-    except RagserveError as exc:
-        raise fail(exc) from None
     finally:
         for opened in stores:
             opened.close()
@@ -965,9 +908,8 @@ def keys_create(
 
     store = KeyStore(settings().data_dir)
     try:
-        key, info = store.create(name, role, collection)
-    except RagserveError as exc:
-        raise fail(exc, 2) from None
+        with usage_errors():
+            key, info = store.create(name, role, collection)
     finally:
         store.close()
     scope = ", ".join(info.collections) if info.collections is not None else "every collection"
@@ -986,8 +928,6 @@ def keys_list(
     store = KeyStore(settings().data_dir)
     try:
         keys = store.list(revoked=revoked)
-    except RagserveError as exc:
-        raise fail(exc) from None
     finally:
         store.close()
     if as_json:
@@ -1010,8 +950,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys l
     store = KeyStore(settings().data_dir)
     try:
         store.revoke(key_id)
-    except RagserveError as exc:
-        raise fail(exc) from None
     finally:
         store.close()
     console.print(f"revoked {key_id}")
@@ -1042,10 +980,7 @@ def backup(
     also while a server is serving them."""
     from ragserve.store.sqlite.backup import backup as run_backup
 
-    try:
-        info = run_backup(_embedded_data_dir(data_dir), dest)
-    except RagserveError as exc:
-        raise fail(exc) from None
+    info = run_backup(_embedded_data_dir(data_dir), dest)
     for name, counts in info.collections.items():
         console.print(f"{name}: {counts['documents']} documents, {counts['chunks']} chunks")
     _print_control(info.control_sha256, info.control)
@@ -1070,10 +1005,7 @@ def restore(
     from ragserve.store.sqlite.backup import restore as run_restore
 
     target = _embedded_data_dir(data_dir)
-    try:
-        info, aside = run_restore(src, target, force=force)
-    except RagserveError as exc:
-        raise fail(exc) from None
+    info, aside = run_restore(src, target, force=force)
     if aside is not None:
         console.print(f"the replaced store's files are in {aside}")
     for name, counts in info.collections.items():
@@ -1089,10 +1021,7 @@ def store_repair(data_dir: DataDir = None) -> None:
 
     from ragserve.store.sqlite.backup import repair
 
-    try:
-        report = repair(_embedded_data_dir(data_dir))
-    except RagserveError as exc:
-        raise fail(exc) from None
+    report = repair(_embedded_data_dir(data_dir))
     console.print_json(json.dumps(report))
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragserve.errors import CollectionNotFound, InvalidInput
+from ragserve.errors import InvalidInput
 from ragserve.evaluation import BeirDataset, drop_identical_ids, per_query
 from ragserve.fusion import METHODS, FusionSpec, parse_fusion_text
 from ragserve.search import MODES, Mode, SearchRequest
@@ -109,10 +109,7 @@ def ingest_corpus(
     embedder: str | None = None,
     progress: Callable[[IngestResult], None] | None = None,
 ) -> dict[str, int]:
-    try:
-        service.get_collection(collection)
-    except CollectionNotFound:
-        service.create_collection(collection, embedder)
+    service.ensure_collection(collection, embedder)
     counts: dict[str, int] = {}
     for result in service.ingest_iter(collection, corpus_documents(dataset)):
         counts[result.status] = counts.get(result.status, 0) + 1

@@ -24,7 +24,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ragserve.config import Settings
-from ragserve.errors import InvalidInput, ModelUnavailable, PayloadTooLarge, RagserveError
+from ragserve.errors import (
+    CollectionNotFound,
+    InvalidInput,
+    ModelUnavailable,
+    PayloadTooLarge,
+    RagserveError,
+)
 from ragserve.fusion import FusionSpec, parse_fusion, settings_fusion
 from ragserve.ingest.chunking import (
     chunk_document,
@@ -305,6 +311,19 @@ class RetrievalService:
         if checked is not None:
             self.set_collection_fusion(name, checked)
         return info
+
+    def ensure_collection(
+        self, name: str, embedder: str | None = None, *, create: bool = True
+    ) -> CollectionInfo:
+        """The collection ``name``; missing, it is created with ``embedder`` when ``create``
+        (else :class:`~ragserve.errors.CollectionNotFound`). An existing one is returned as it
+        is, whatever its embedder."""
+        try:
+            return self.store.get_collection(name)
+        except CollectionNotFound:
+            if not create:
+                raise
+        return self.create_collection(name, embedder)
 
     def list_collections(self) -> list[CollectionInfo]:
         return self.store.list_collections()

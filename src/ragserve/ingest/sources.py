@@ -60,6 +60,7 @@ __all__ = [
     "iter_path",
     "iter_records",
     "iter_stream",
+    "iter_walked",
     "selected",
     "stdin_source",
     "walk_files",
@@ -437,7 +438,21 @@ def iter_directory(
     if not root.is_dir():
         yield IngestFailure(root.as_posix(), "not a directory", "not_found")
         return
-    for path, rel in walk_files(root, include=include, exclude=exclude):
+    walked = walk_files(root, include=include, exclude=exclude)
+    yield from iter_walked(walked, max_bytes=max_bytes, ids=ids, id_prefix=id_prefix, limits=limits)
+
+
+def iter_walked(
+    files: Iterable[tuple[Path, str]],
+    *,
+    max_bytes: int,
+    ids: IdScheme = "relative",
+    id_prefix: str = "",
+    limits: Limits | None = None,
+) -> Iterator[Item]:
+    """The files of a walk (:func:`walk_files`' pairs, e.g. listed once to count them), read as
+    :func:`iter_directory` reads them."""
+    for path, rel in files:
         source = rel if ids == "relative" else path.resolve().as_posix()
         yield from iter_file(
             path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source, limits=limits
@@ -463,7 +478,6 @@ def iter_path(
             id_prefix=id_prefix, limits=limits,
         )  # fmt: skip
         return
-    source = path.name if ids == "relative" else path.resolve().as_posix()
-    yield from iter_file(
-        path, max_bytes=max_bytes, doc_id=id_prefix + source, source=source, limits=limits
+    yield from iter_walked(
+        [(path, path.name)], max_bytes=max_bytes, ids=ids, id_prefix=id_prefix, limits=limits
     )
