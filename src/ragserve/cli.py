@@ -861,13 +861,7 @@ def migrate_cmd(
     try:
         stores.append(open_endpoint(source, settings()))
         stores.append(open_endpoint(target, settings()))
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        ) as bar:
+        with _progress() as bar:
             tasks: dict[str, TaskID] = {}
 
             def advance(name: str, done: int, total: int) -> None:
