@@ -37,7 +37,6 @@ from ragserve.ingest.detect import (
 )
 from ragserve.ingest.filetypes import Parsed, Signature, register_file_type
 from ragserve.ingest.limits import Budget, BudgetExceeded, Limits
-from ragserve.ingest.office import read_docx
 from ragserve.ingest.records import record_to_document, single_record
 from ragserve.types import Document, JSONDict, Section
 
@@ -356,6 +355,8 @@ _HEADING_STYLE = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 
 
 def _parse_docx(data: bytes, limits: Limits) -> Parsed:
+    from ragserve.ingest.office import read_docx  # lxml: loaded with the first DOCX
+
     budget = Budget(limits.max_expanded, "the DOCX")
     blocks, core_title = read_docx(data, budget)
     builder = _Builder()

@@ -35,15 +35,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import faiss as _faiss
 import numpy as np
 import numpy.typing as npt
 
 from ragserve.files import sha256_file, write_atomic
 from ragserve.store.sqlite.meta import AllowedChunks, assign
 
+
+class _Faiss:
+    """faiss, imported on first use: ~13 MB resident that a process whose collections all use
+    :class:`ExactIndex` never needs. The first attribute read imports it and puts the module
+    in this one's place. (Its bundled OpenBLAS then misses ``RAGSERVE_BLAS_THREADS``, set at
+    start-up: nothing here runs faiss's BLAS; every HNSW call sets its OpenMP threads.)"""
+
+    def __getattr__(self, name: str) -> Any:
+        global faiss
+        import faiss as module
+
+        faiss = module
+        return getattr(module, name)
+
+
 #: faiss, untyped: its stubs (1.15) lack classes used here (``SearchParametersHNSW``).
-faiss: Any = _faiss
+faiss: Any = _Faiss()
 
 Vectors = npt.NDArray[np.float32]
 Keys = npt.NDArray[np.int64]
