@@ -287,6 +287,11 @@ def models_distill_reranker(
     teacher_max_length: Annotated[int, typer.Option(help="Tokens per pair, teacher.")] = 256,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (smoke runs).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 13,
+    loss: Annotated[str, typer.Option(help="kl (listwise) or margin (centred MSE).")] = "kl",
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep mined candidates and teacher scores here; reused by reruns."),
+    ] = None,
 ) -> None:
     """Distil a small cross-encoder from TEACHER on pseudo-queries over your text, cache it.
 
@@ -310,9 +315,12 @@ def models_distill_reranker(
         teacher_max_length=teacher_max_length,
         max_steps=max_steps,
         seed=seed,
+        loss=loss,
         threads=s.effective_threads,
     )
-    report = distill_to_cache(s, teacher, corpus, name, options, progress=err.print)
+    report = distill_to_cache(
+        s, teacher, corpus, name, options, progress=err.print, work_dir=work_dir
+    )
     console.print_json(data=report.to_json())
     console.print(
         f"{report.name}: cached in {report.seconds['total']:.0f} s; "

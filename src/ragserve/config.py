@@ -152,11 +152,11 @@ class Settings(BaseSettings):
         description="Tokens of query + passage given to the reranker (at most the model's own "
         "maximum).",
     )
-    rerank_window: bool = Field(
-        default=False,
+    rerank_window: bool | None = Field(
+        default=None,
         description="A passage too long for the reranker is cut to its window that holds the "
-        "most query tokens, not to its head (students of `models distill-reranker` are trained "
-        "on such windows).",
+        "most query tokens, not to its head. Unset: each reranker's own choice (on for the "
+        "students of `models distill-reranker`, trained on such windows; off for the others).",
     )
 
     # --- remote models (a model server: ragserve --role models, TEI, Infinity, vLLM) ----------

@@ -250,3 +250,79 @@ def test_a_smoke_distillation_caches_a_loadable_student(tiny_teacher: Path, tmp_
         distill_to_cache(
             s, "tiny-teacher", [corpus], "tiny-student", options, service_factory=fake_service
         )
+
+
+def test_a_work_dir_keeps_the_teacher_scores_for_the_next_run(
+    tiny_teacher: Path, tmp_path: Path
+) -> None:
+    s = settings_for(tmp_path)
+    register_teacher(s, tiny_teacher)
+    corpus = write_corpus(tmp_path / "corpus.jsonl", DOCS * 3)
+    work = tmp_path / "work"
+    options = DistillOptions(
+        layers=(0, 2), docs_per_corpus=0, candidates=4, max_steps=2, max_length=64,
+        teacher_max_length=96, min_correlation=-1.0, threads=1,
+    )  # fmt: skip
+    first = distill_to_cache(
+        s, "tiny-teacher", [corpus], "first", options, service_factory=fake_service, work_dir=work
+    )
+    saved = list(work.glob("scored-*.json"))
+    assert len(saved) == 1
+    data = json.loads(saved[0].read_text())
+    assert len(data["groups"]) == len(data["targets"]) == 12
+
+    def no_mining(_settings: Settings) -> Any:
+        class Unused:
+            def create_collection(self, _name: str) -> None:
+                raise AssertionError("the saved candidates should have been reused")
+
+            def close(self) -> None:
+                pass
+
+        return Unused()
+
+    # Other training options, the same data options: nothing is mined or scored again.
+    second = distill_to_cache(
+        s, "tiny-teacher", [corpus], "second", DistillOptions(**{
+            **{k: getattr(options, k) for k in options.__dataclass_fields__},
+            "loss": "margin", "max_steps": 1,
+        }), service_factory=no_mining, work_dir=work,
+    )  # fmt: skip
+    assert second.pairs == first.pairs and second.steps == 1
+    assert second.seconds["teacher"] == first.seconds["teacher"]
+    # Another teacher length is other data: it is scored anew, in a file of its own.
+    third_options = DistillOptions(**{
+        **{k: getattr(options, k) for k in options.__dataclass_fields__},
+        "teacher_max_length": 64, "max_steps": 1,
+    })  # fmt: skip
+    distill_to_cache(
+        s, "tiny-teacher", [corpus], "third", third_options,
+        service_factory=fake_service, work_dir=work,
+    )  # fmt: skip
+    assert len(list(work.glob("scored-*.json"))) == 2
+
+
+def test_an_unknown_loss_is_refused(tiny_teacher: Path, tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    register_teacher(s, tiny_teacher)
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    with pytest.raises(InvalidInput, match="loss 'hinge'"):
+        distill_to_cache(
+            s, "tiny-teacher", [corpus], "student", DistillOptions(loss="hinge"),
+            service_factory=fake_service,
+        )  # fmt: skip
+
+
+def test_students_rerank_windows_unless_the_setting_says_otherwise(tmp_path: Path) -> None:
+    from ragserve.models.distill import _reranker_spec
+
+    student = _reranker_spec("student", tmp_path, 128, "")
+    assert student.window
+    s = settings_for(tmp_path)
+    save_custom(s.custom_models_path, [student])
+    assert Catalog.load(s.custom_models_path).get("student").window  # kept in the JSON file
+    teacher = next(spec for spec in BUILTIN_MODELS if spec.kind is Kind.RERANKER)
+    assert not teacher.window
+    assert ModelManager.from_settings(s).rerank_window is None
+    forced = ModelManager.from_settings(s.model_copy(update={"rerank_window": False}))
+    assert forced.rerank_window is False

@@ -136,6 +136,10 @@ class ModelSpec:
     tokenizer_file: str = "tokenizer.json"
     aliases: tuple[str, ...] = ()
     builtin: bool = True
+    #: Rerankers: a passage longer than the model's input is cut to its window holding the most
+    #: query tokens rather than to its head (the distilled students are trained on windows).
+    #: ``RAGSERVE_RERANK_WINDOW`` overrides it for every reranker.
+    window: bool = False
 
     @property
     def required_files(self) -> tuple[str, ...]:
@@ -310,6 +314,7 @@ def custom_spec(
     description: str = "",
     onnx_file: str = "model.onnx",
     tokenizer_file: str = "tokenizer.json",
+    window: bool = False,
 ) -> ModelSpec:
     """A user model: a directory with an ONNX file and a ``tokenizer.json``."""
     try:
@@ -343,6 +348,7 @@ def custom_spec(
             ),
         ),
         builtin=False,
+        window=window and kind is Kind.RERANKER,
     )
 
 
@@ -365,6 +371,8 @@ def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
             "description",
         }
     }
+    if spec.window:
+        out["window"] = True
     out["path"] = str(local.path)
     for f in local.files:
         out["onnx_file" if f.dest == "model.onnx" else "tokenizer_file"] = f.path

@@ -75,7 +75,11 @@ class DistillOptions:
     #: Keep the (teacher's) word-embedding table as it is: a third of the student's weights,
     #: too many for a few thousand pairs to move usefully.
     freeze_embeddings: bool = True
-    #: Weight of the logit MSE next to the listwise KL.
+    #: ``kl``: listwise KL between the softmaxes over a query's candidates (it weighs the
+    #: teacher's top candidates most); ``margin``: MSE of the logits centred per query (every
+    #: pair's margin counts alike, as MarginMSE).
+    loss: str = "kl"
+    #: Weight of the plain logit MSE next to it (keeps the teacher's scale).
     mse_weight: float = 0.1
     #: Fraction of queries held out to validate the student (and the int8 export).
     holdout: float = 0.05
@@ -491,12 +495,15 @@ def train(
                 k = len(groups[g])
                 s = logits[offset : offset + k]
                 t = torch.from_numpy(targets[g])
-                loss = loss + torch.nn.functional.kl_div(
-                    torch.log_softmax(s, 0),
-                    torch.log_softmax(t, 0),
-                    log_target=True,
-                    reduction="sum",
-                )
+                if options.loss == "margin":
+                    loss = loss + torch.mean(((s - s.mean()) - (t - t.mean())) ** 2)
+                else:
+                    loss = loss + torch.nn.functional.kl_div(
+                        torch.log_softmax(s, 0),
+                        torch.log_softmax(t, 0),
+                        log_target=True,
+                        reduction="sum",
+                    )
                 loss = loss + options.mse_weight * torch.mean((s - t) ** 2)
                 offset += k
             loss = loss / len(batch)
@@ -531,6 +538,7 @@ def _reranker_spec(name: str, path: Path, max_length: int, description: str) -> 
         max_length=max_length,
         licence="Apache-2.0",
         description=description,
+        window=True,
     )
 
 
@@ -651,9 +659,16 @@ def distill(
     service: Any,
     options: DistillOptions | None = None,
     progress: Progress | None = None,
+    work_dir: Path | None = None,
 ) -> DistillReport:
-    """Distil ``teacher`` into a student written to ``out`` (see the module docstring)."""
+    """Distil ``teacher`` into a student written to ``out`` (see the module docstring).
+
+    With ``work_dir``, the mined candidates and the teacher's scores (the slow part) are kept
+    there, keyed by everything they depend on, and a later run with the same data options reuses
+    them (an interrupted run resumes; training options can be varied without re-scoring)."""
     opts = options or DistillOptions()
+    if opts.loss not in {"kl", "margin"}:
+        raise InvalidInput(f"loss {opts.loss!r}: use 'kl' or 'margin'")
     say = progress or (lambda _msg: None)
     if not corpora:
         raise InvalidInput("no corpus given: name at least one --corpus")
@@ -697,28 +712,39 @@ def distill(
         raise InvalidInput("the corpus gives no pseudo-queries (no sentences of 5-45 words)")
     say(f"{len(passages)} passages, {len(queries)} pseudo-queries")
     t = lap("read", started)
-    groups = mine_candidates(service, passages, queries, opts.candidates, rng, say)
-    t = lap("mine", t)
-    teacher_model = OnnxReranker(
-        teacher,
-        SessionConfig(threads=opts.threads),
-        max_length=opts.teacher_max_length,
-        window=True,
-    )
+    saved = _scored_path(work_dir, teacher, passages, opts)
     tokenizer = load_tokenizer(teacher.tokenizer_path)
+    if saved is not None and saved.is_file():
+        groups, target_lists = _load_scored(saved)
+        targets = [np.asarray(x, np.float32) for x in target_lists]
+        say(f"reusing the candidates and teacher scores in {saved}")
+        seconds.update(json.loads(saved.read_text(encoding="utf-8"))["seconds"])
+        t = time.perf_counter()
+    else:
+        groups = mine_candidates(service, passages, queries, opts.candidates, rng, say)
+        t = lap("mine", t)
+        teacher_model = OnnxReranker(
+            teacher,
+            SessionConfig(threads=opts.threads),
+            max_length=opts.teacher_max_length,
+            window=True,
+        )
+        targets = []
+        for g_i, g in enumerate(groups):
+            targets.append(teacher_model.score(g.query, [passages[c].full for c in g.candidates]))
+            if (g_i + 1) % 200 == 0:
+                say(f"teacher scored {g_i + 1}/{len(groups)} queries")
+        t = lap("teacher", t)
+        if saved is not None:
+            _save_scored(saved, groups, targets, seconds)
     pair_groups: list[list[tuple[str, str]]] = []
-    targets: list[np.ndarray] = []
-    for g_i, g in enumerate(groups):
+    for g in groups:
         texts = [passages[c].full for c in g.candidates]
-        targets.append(teacher_model.score(g.query, texts))
         windows = passage_windows(tokenizer, g.query, texts, opts.max_length)
         pair_groups.append([(g.query, w) for w in windows])
-        if (g_i + 1) % 200 == 0:
-            say(f"teacher scored {g_i + 1}/{len(groups)} queries")
-    t = lap("teacher", t)
     n_hold = max(1, int(len(groups) * opts.holdout)) if len(groups) > 1 else 0
     order = list(range(len(groups)))
-    rng.shuffle(order)
+    random.Random(opts.seed + 1).shuffle(order)
     hold, fit = order[:n_hold], order[n_hold:] or order
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -773,6 +799,43 @@ def distill(
     return report
 
 
+def _scored_path(
+    work_dir: Path | None, teacher: CachedModel, passages: Sequence[Passage], opts: DistillOptions
+) -> Path | None:
+    """Where the candidates and teacher scores for these inputs are kept (None: nowhere)."""
+    if work_dir is None:
+        return None
+    import hashlib
+
+    key = hashlib.sha256()
+    key.update(json.dumps([teacher.spec.name, teacher.manifest], sort_keys=True).encode())
+    for p in passages:
+        key.update(f"{p.doc_id}\0{p.full}\0".encode())
+    for field_name in ("candidates", "teacher_max_length", "seed"):
+        key.update(f"{field_name}={getattr(opts, field_name)};".encode())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir / f"scored-{key.hexdigest()[:16]}.json"
+
+
+def _save_scored(
+    path: Path, groups: Sequence[Group], targets: Sequence[np.ndarray], seconds: dict[str, float]
+) -> None:
+    data = {
+        "groups": [asdict(g) for g in groups],
+        "targets": [[float(x) for x in t] for t in targets],
+        "seconds": {k: v for k, v in seconds.items() if k in {"mine", "teacher"}},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _load_scored(path: Path) -> tuple[list[Group], list[list[float]]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    groups = [Group(g["query"], g["kind"], tuple(g["candidates"])) for g in data["groups"]]
+    return groups, data["targets"]
+
+
 def distill_to_cache(
     settings: Any,
     teacher_name: str,
@@ -782,6 +845,7 @@ def distill_to_cache(
     *,
     progress: Progress | None = None,
     service_factory: Callable[[Any], Any] | None = None,
+    work_dir: Path | None = None,
 ) -> DistillReport:
     """``models distill-reranker``: distil, register the student as a user reranker, cache it.
 
@@ -811,7 +875,7 @@ def distill_to_cache(
         else:
             service = service_factory(scratch)
         try:
-            report = distill(teacher, corpora, out, name, service, options, progress)
+            report = distill(teacher, corpora, out, name, service, options, progress, work_dir)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise

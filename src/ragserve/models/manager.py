@@ -265,7 +265,8 @@ class ModelManager:
     embedder_runs: int = 1
     batching: Batching = field(default_factory=Batching)
     rerank_max_length: int = 256
-    rerank_window: bool = False
+    #: None: each reranker's own preference (``ModelSpec.window``).
+    rerank_window: bool | None = None
     verify_hashes: bool = True
     #: Models served by a model server (RAGSERVE_EMBEDDER_URL / RAGSERVE_RERANKER_URL).
     remote: RemoteModels | None = None
@@ -348,7 +349,7 @@ class ModelManager:
             self.session_config,
             max_length=self.rerank_max_length,
             batching=self.batching,
-            window=self.rerank_window,
+            window=spec.window if self.rerank_window is None else self.rerank_window,
         )
 
     def _serve(self, spec: ModelSpec, model: Embedder | Reranker) -> Served:
