@@ -41,6 +41,7 @@ from ragserve.ingest.chunking import (
 from ragserve.ingest.parsers import check_chars
 from ragserve.ingest.records import check_record
 from ragserve.ingest.sources import IngestFailure
+from ragserve.memory import trim_soon
 from ragserve.models.catalog import Kind
 from ragserve.models.embedder import (
     CHARS_PER_TOKEN_KEPT,
@@ -410,6 +411,7 @@ class RetrievalService:
                 group, pending_chunks = [], 0
         if group:
             yield from self._store_group(collection, embedder, group, clock, down)
+        trim_soon()  # what the ingest freed goes back to the system once ingests settle
 
     def _prepare(
         self, collection: str, embedder: Embedder, budget: int, item: Document | IngestFailure

@@ -38,6 +38,7 @@ import numpy as np
 import tantivy
 
 from ragserve.files import write_atomic
+from ragserve.memory import trim_soon
 from ragserve.store.sqlite.ann import Keys, read_manifest
 from ragserve.store.sqlite.meta import AllowedChunks
 
@@ -310,6 +311,7 @@ class LexicalKeeper:
         index.commit()
         expected.write(manifest_path)
         self.last_load[cid] = "rebuilt"
+        trim_soon()  # the writer's arena, freed by the commit
         log.info("lexical index of collection %d rebuilt: %d chunks", cid, expected.count)
         return index
 
