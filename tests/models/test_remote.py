@@ -271,3 +271,18 @@ def test_a_refused_key_is_503_with_the_reason() -> None:
     with pytest.raises(ModelUnavailable, match="refused the key"):
         reranker(rec, "ragserve").score("q", ["p"])
     assert ModelUnavailable.status_code == 503
+
+
+def test_the_tokenizer_loads_with_the_first_chunking_only() -> None:
+    loads: list[int] = []
+
+    def load() -> Any:
+        loads.append(1)
+        return tokenizer()
+
+    emb = RemoteEmbedder(spec(), client(Recorder(httpx.Response(200, json={}))), load)
+    assert loads == []  # searches never need it
+    spans = emb.token_spans("hello world")
+    assert spans.shape == (2, 2) and loads == [1]
+    emb.token_spans("again")
+    assert loads == [1]

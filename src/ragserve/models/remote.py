@@ -14,7 +14,8 @@ pooled connection to a server that restarted fails on reuse and is replaced by t
 process recovers by itself when its model server comes back.
 
 Chunking stays local: a remote embedder tokenizes with the model's own tokenizer (from the model
-cache, only ``tokenizer.json`` is needed) to cut documents into chunks that fit the model.
+cache, only ``tokenizer.json`` is needed, checked at start-up and loaded by the first ingest) to
+cut documents into chunks that fit the model.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import json
 import logging
 import math
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import httpx
@@ -249,19 +251,21 @@ class RemoteEmbedder(_Remote[EmbedderApi]):
         self,
         spec: ModelSpec,
         client: ModelClient,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | Callable[[], Tokenizer],
         *,
         api: EmbedderApi = "ragserve",
         remote_name: str | None = None,
         timeout: float = 5.0,
         max_inputs: int = 256,
     ) -> None:
+        """``tokenizer``: the model's, or what loads it at the first :meth:`token_spans` (only
+        ingest cuts chunks: a replica that only searches never holds its ~10 MB)."""
         super().__init__(
             spec, client, api=api, remote_name=remote_name, timeout=timeout, max_inputs=max_inputs
         )
-        self._tokenizer = tokenizer
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._tokenizer: Tokenizer | None = None
+        self._load_tokenizer = tokenizer if callable(tokenizer) else lambda: tokenizer
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def dimension(self) -> int:
@@ -275,7 +279,16 @@ class RemoteEmbedder(_Remote[EmbedderApi]):
         return self._embed(texts, query=True, instruction=instruction)
 
     def token_spans(self, text: str) -> npt.NDArray[np.int64]:
-        return token_spans(self._tokenizer, text)
+        return token_spans(self._tokenizer or self._loaded_tokenizer(), text)
+
+    def _loaded_tokenizer(self) -> Tokenizer:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                tokenizer = self._load_tokenizer()
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                self._tokenizer = tokenizer
+            return self._tokenizer
 
     def check(self) -> str | None:
         """Embed one text: the server answers, with vectors of this model's dimension, under the
@@ -447,11 +460,11 @@ class RemoteModels:
                 f"embedder {spec.name!r} is not served here: RAGSERVE_EMBEDDER_URL serves "
                 f"{s.embedder!r} (RAGSERVE_EMBEDDER)"
             )
-        cached = self.cache.verify(spec, only=(spec.tokenizer_file,))
+        cached = self.cache.verify(spec, only=(spec.tokenizer_file,))  # at start-up: loudly
         return RemoteEmbedder(
             spec,
             self._client(s.embedder_url, s.embedder_key),
-            load_tokenizer(cached.tokenizer_path),
+            lambda: load_tokenizer(cached.tokenizer_path),  # with the first ingest
             api=s.embedder_api,
             remote_name=s.embedder_remote_name,
             timeout=s.embedder_timeout,
