@@ -4,9 +4,10 @@ A query's *terms* are its words as the lexical index sees them: tantivy's Englis
 (letters and digits, lowercased, accents folded, Porter2 stems; the embedded store's BM25
 analyzer), less English stop words (a passage lit up at every "the" helps nobody). A hit's text
 is tokenized by the same analyzer, with character offsets, and every token whose stem is a query
-term is a *match*. The best passage is the window of at most ``max_chars`` characters holding
-the most distinct terms (then the most matches, then the earliest), widened to the sentence or
-word boundaries around it; further passages come from the matches left outside the ones chosen.
+term is a *match* (only the words that may stem to a term are tokenized: :func:`matches`). The
+best passage is the window of at most ``max_chars`` characters holding the most distinct terms
+(then the most matches, then the earliest), widened to the sentence or word boundaries around
+it; further passages come from the matches left outside the ones chosen.
 
 A hit the lexical leg did not find (dense only) often shares no term with the query: its
 passage is the opening of its text, with no matches. (Picking its best sentence by embedding
