@@ -1,6 +1,11 @@
 """The service benchmark: cold start, HTTP ingest, search latency/throughput, memory, footprint.
 
-    python -m bench.serve_bench [--quick]
+    python -m bench.serve_bench [--quick] [--skip-footprint] [--data-dir DIR [--search-only]]
+
+``--data-dir DIR``: a data directory that already holds SciFact (collection ``scifact``, e.g. left
+by an earlier run's server, or ``ragserve ingest``): the server runs on a copy of it, and the HTTP
+ingest (minutes on two cores) is skipped. ``--search-only``: cold starts, search without rerank
+and RSS, no rerank load and no batching comparison: the figures two builds are compared on.
 
 Everything runs on this machine against real ``ragserve serve`` processes on 127.0.0.1, with the
 load generator (bench/loadgen.py) in a separate process. Prints JSON and writes
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,6 +163,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer runs and requests")
     parser.add_argument("--skip-footprint", action="store_true")
+    parser.add_argument("--data-dir", type=Path, help="SciFact already ingested: skip the ingest")
+    parser.add_argument(
+        "--search-only", action="store_true", help="no rerank load, no batching comparison"
+    )
     args = parser.parse_args()
     runs = 3 if args.quick else 5
     result: dict[str, Any] = {"machine": machine(), "command": "python -m bench.serve_bench"}
@@ -177,16 +187,24 @@ def main() -> None:
             "RAGSERVE_RERANK_CACHE_SIZE": "0",
             "HF_HUB_OFFLINE": "1",
         }
+        if args.data_dir is not None:
+            shutil.copytree(args.data_dir, data / "main")
+        OUT.mkdir(parents=True, exist_ok=True)
         with server(ragserve_command(port), env, log=OUT / "serve_bench.log") as srv:
-            result["ingest"] = ingest(srv.url, scifact_docs())
-            result["rss_after_ingest_mb"] = round(srv.rss_mb(), 1)
-            print(json.dumps(result["ingest"]), file=sys.stderr)
+            if args.data_dir is None:
+                result["ingest"] = ingest(srv.url, scifact_docs())
+                result["rss_after_ingest_mb"] = round(srv.rss_mb(), 1)
+                print(json.dumps(result["ingest"]), file=sys.stderr)
+            else:
+                result["rss_at_ready_mb"] = round(srv.rss_mb(), 1)
             queries = scifact_test_queries()
             result["search"] = load_runs(srv.url, queries, rerank=False, quick=args.quick)
             print(json.dumps(result["search"]), file=sys.stderr)
-            result["search_rerank"] = load_runs(srv.url, queries, rerank=True, quick=args.quick)
+            if not args.search_only:
+                result["search_rerank"] = load_runs(srv.url, queries, rerank=True, quick=args.quick)
             result["rss_after_load_mb"] = round(srv.rss_mb(), 1)
-        result["dynamic_batching"] = batching_effect(data / "main", queries, args.quick)
+        if not args.search_only:
+            result["dynamic_batching"] = batching_effect(data / "main", queries, args.quick)
     if not args.skip_footprint:
         result["footprint"] = footprint()
     OUT.mkdir(parents=True, exist_ok=True)
