@@ -23,7 +23,6 @@ from typing import Any, Literal, cast
 
 from ragserve.errors import ModelMismatch, ModelUnavailable, Unavailable
 from ragserve.models.embedder import Embedder
-from ragserve.models.remote import RemoteEmbedder, RemoteReranker
 from ragserve.models.reranker import Reranker
 from ragserve.store.base import CollectionInfo, Store
 
@@ -69,6 +68,8 @@ def check_remote_models(
 
     Raises :class:`~ragserve.errors.ModelMismatch` when a server serves another model; a server
     that cannot be reached is logged and checked again by every call."""
+    from ragserve.models.remote import RemoteEmbedder, RemoteReranker
+
     if isinstance(embedder, RemoteEmbedder):
         for info in collections:
             if info.embedder == embedder.name and info.dimension != embedder.dimension:

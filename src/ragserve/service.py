@@ -175,7 +175,7 @@ class RetrievalService:
         reranker = None
         if s.reranker_load == "eager" or (s.reranker_url and s.reranker_load != "off"):
             reranker = self.models.reranker(s.reranker).model
-        if has_store(s.role):
+        if has_store(s.role) and (s.embedder_url or s.reranker_url):
             check_remote_models(embedder, reranker, self.store.list_collections())
 
     def close(self) -> None:

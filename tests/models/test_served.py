@@ -128,3 +128,26 @@ def test_an_unknown_model_is_refused_with_the_valid_names(tmp_path: Path) -> Non
     models = ModelManager.from_settings(make_settings(tmp_path))
     with pytest.raises(Exception, match=r"bge-small-en-v1\.5"):
         models.embedder("no-such-model")
+
+
+def test_remote_models_are_imported_only_where_a_model_server_is_set(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from ragserve.config import Settings
+from ragserve.models.manager import ModelManager
+from ragserve.service import RetrievalService
+local = ModelManager.from_settings(Settings(model_dir={str(tmp_path)!r}))
+print(local.remote is None, "ragserve.models.remote" in sys.modules, "httpx" in sys.modules)
+remote = ModelManager.from_settings(
+    Settings(model_dir={str(tmp_path)!r}, embedder_url="http://127.0.0.1:9")
+)
+print(remote.remote is not None and remote.remote.any)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False", "True"]

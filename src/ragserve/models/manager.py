@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +32,11 @@ from ragserve.config import Settings
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Catalog, Kind, ModelSpec
 from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder, Vectors, check_texts
-from ragserve.models.remote import RemoteModels
 from ragserve.models.reranker import OnnxReranker, Reranker, Scores
 from ragserve.models.runtime import SessionConfig
+
+if TYPE_CHECKING:
+    from ragserve.models.remote import RemoteModels
 
 M = TypeVar("M", Embedder, Reranker)
 #: Quantiles of recent batch sizes reported by :meth:`ModelManager.snapshot`.
@@ -285,7 +287,7 @@ class ModelManager:
         return cls(
             catalog=Catalog.load(settings.custom_models_path),
             cache=cache,
-            remote=RemoteModels(settings, cache),
+            remote=_remote_models(settings, cache),
             session_config=SessionConfig(
                 threads=settings.effective_threads, spinning=settings.onnx_spinning
             ),
@@ -406,3 +408,13 @@ def model_cache(settings: Settings) -> ModelCache:
         wheelhouse=settings.wheelhouse,
         allow_unpinned=settings.allow_unpinned_sources,
     )
+
+
+def _remote_models(settings: Settings, cache: ModelCache) -> RemoteModels | None:
+    """The process's remote models, where a model server URL is set (imported only then: httpx
+    and the remote clients cost ~60 ms and a few MB at start-up)."""
+    if not (settings.embedder_url or settings.reranker_url):
+        return None
+    from ragserve.models.remote import RemoteModels
+
+    return RemoteModels(settings, cache)
