@@ -469,7 +469,21 @@ def train(
     if options.freeze_embeddings:
         student.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=0.01)
+    # The student's logits pass through a learned scale and shift (folded into its classifier
+    # at the end): a shallow student starts far from the teacher's logit range (about -11 to
+    # +9), and fitting that range through the network's weights at the learning rate its
+    # layers need would take most of the run, as a first run showed (its loss barely moved).
+    scale = torch.nn.Parameter(torch.ones(()))
+    shift = torch.nn.Parameter(torch.zeros(()))
+    groups_of_params: list[dict[str, Any]] = [
+        {"params": params},
+        {"params": [scale, shift], "lr": 50 * options.learning_rate, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        groups_of_params,
+        lr=options.learning_rate,
+        weight_decay=0.01,
+    )
     warm = max(1, total // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
@@ -488,7 +502,7 @@ def train(
                 break
             batch = order[b : b + options.batch_queries]
             pairs = [pair for g in batch for pair in groups[g]]
-            logits = student_logits(student, tokenizer, pairs, options.max_length)
+            logits = student_logits(student, tokenizer, pairs, options.max_length) * scale + shift
             loss = torch.zeros(())
             offset = 0
             for g in batch:
@@ -524,6 +538,8 @@ def train(
                 )
     student.eval()
     torch.set_grad_enabled(False)
+    student.classifier.weight.mul_(scale)
+    student.classifier.bias.mul_(scale).add_(shift)
     return step, losses
 
 
