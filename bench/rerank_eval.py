@@ -2,7 +2,7 @@
 
     python -m bench.rerank_eval --data-dir DIR --collection C --dataset BEIR_DIR
         [--max-queries 100] [--variant NAME[@MAX_LENGTH][+window] ...]
-        [--cache FILE]
+        [--cache FILE] [--top-n 20]
 
 For every variant (a cached reranker, its max length, and whether long passages are cut to their
 best-matching window instead of their head) the BEIR test queries are searched hybrid + rerank
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=100)
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--cache", type=Path, default=Path("rerank-logits.json"))
+    parser.add_argument("--top-n", type=int, default=20, help="candidates each variant reranks")
     args = parser.parse_args()
 
     table: dict[str, float] = json.loads(args.cache.read_text()) if args.cache.exists() else {}
@@ -102,10 +103,10 @@ def main() -> None:
             cached = CachedLogits(reranker, table, variant)
             service.models.provide(replace(spec, name=f"eval:{variant}"), cached)
             service.settings = settings.model_copy(update={"reranker": f"eval:{variant}"})
+            run = Run(variant, "hybrid", rerank=True, rerank_top_n=args.top_n)
             (row,) = evaluate(
-                service, data, args.collection, runs=[Run(variant, "hybrid", rerank=True)],
-                max_queries=args.max_queries,
-            )  # fmt: skip
+                service, data, args.collection, runs=[run], max_queries=args.max_queries
+            )
             args.cache.write_text(json.dumps(table))
             rows.append((row, cached))
     finally:

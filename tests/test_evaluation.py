@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from ragserve.errors import InvalidInput
-from ragserve.evalrun import evaluate, ingest_corpus
+from ragserve.evalrun import Run, evaluate, ingest_corpus
 from ragserve.evaluation import load_beir, ndcg_at_k, recall_at_k
-from tests.fakes import make_service, make_settings
+from tests.fakes import FakeReranker, make_service, make_settings
 
 
 def test_ndcg_and_recall_match_hand_computed_values() -> None:
@@ -73,6 +73,21 @@ def test_evaluation_through_the_service(tmp_path: Path) -> None:
         assert row.queries == 2
         assert row.ndcg_at_10 == pytest.approx(1.0)  # each query's one document ranks first
         assert row.recall_at_100 == pytest.approx(1.0)
+
+
+def test_a_run_reranks_as_many_candidates_as_it_says(tmp_path: Path) -> None:
+    data = load_beir(_beir(tmp_path / "ds"))
+    reranker = FakeReranker()
+    settings = make_settings(tmp_path, rerank_cache_size=0)
+    service = make_service(settings, reranker=reranker)
+    try:
+        ingest_corpus(service, data, "eval")
+        for n in (2, 3):
+            reranker.calls.clear()
+            evaluate(service, data, "eval", runs=[Run("r", "hybrid", rerank=True, rerank_top_n=n)])
+            assert reranker.calls and {len(c) for c in reranker.calls} == {n}
+    finally:
+        service.close()
 
 
 def test_beir_scores_are_the_two_figures_rounded() -> None:

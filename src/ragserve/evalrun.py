@@ -33,6 +33,8 @@ class Run:
     rerank: bool = False
     #: Hybrid only; None: the service's default fusion.
     fusion: FusionSpec | None = None
+    #: Candidates the reranker sees (the search's own default: 20).
+    rerank_top_n: int = 20
 
 
 #: The default rows of the table.
@@ -146,6 +148,7 @@ def evaluate(
                 top_k=top_k,
                 mode=run.mode,
                 rerank=run.rerank,
+                rerank_top_n=run.rerank_top_n,
                 collapse=True,
                 fusion=run.fusion,
             )
