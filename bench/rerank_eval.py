@@ -31,6 +31,7 @@ import numpy as np
 from ragserve.config import Settings
 from ragserve.evalrun import Run, evaluate
 from ragserve.evaluation import compare, load_beir
+from ragserve.models.catalog import ModelSpec
 from ragserve.models.reranker import OnnxReranker, Scores
 from ragserve.service import RetrievalService
 
@@ -68,6 +69,21 @@ def parse_variant(text: str) -> tuple[str, int | None, bool]:
     return name, int(length) if length else None, window
 
 
+def variant_reranker(service: RetrievalService, variant: str) -> tuple[ModelSpec, OnnxReranker]:
+    """The cached reranker a variant names, at its max length (default: the settings') and
+    with windows or heads, on the service's session and batching settings."""
+    name, length, window = parse_variant(variant)
+    spec = service.models.catalog.get(name)
+    reranker = OnnxReranker(
+        service.models.cache.verify(spec),
+        service.models.session_config,
+        max_length=length or service.settings.rerank_max_length,
+        batching=service.models.batching,
+        window=window,
+    )
+    return spec, reranker
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -91,15 +107,7 @@ def main() -> None:
         )  # fmt: skip
         rows.append((base, None))
         for variant in args.variant:
-            name, length, window = parse_variant(variant)
-            spec = service.models.catalog.get(name)
-            reranker = OnnxReranker(
-                service.models.cache.verify(spec),
-                service.models.session_config,
-                max_length=length or settings.rerank_max_length,
-                batching=service.models.batching,
-                window=window,
-            )
+            spec, reranker = variant_reranker(service, variant)
             cached = CachedLogits(reranker, table, variant)
             service.models.provide(replace(spec, name=f"eval:{variant}"), cached)
             service.settings = settings.model_copy(update={"reranker": f"eval:{variant}"})

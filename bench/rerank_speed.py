@@ -20,10 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.rerank_eval import parse_variant
+from bench.rerank_eval import variant_reranker
 from ragserve.config import Settings
 from ragserve.evaluation import load_beir
-from ragserve.models.reranker import OnnxReranker
 from ragserve.search import SearchRequest
 from ragserve.service import RetrievalService
 
@@ -50,17 +49,7 @@ def main() -> None:
                 args.collection, SearchRequest(query=query, top_k=args.top_n, mode="hybrid")
             ).hits
             heads.append([(query, h.text[:chars]) for h in hits])
-        rerankers = {}
-        for variant in args.variant:
-            name, length, window = parse_variant(variant)
-            spec = service.models.catalog.get(name)
-            rerankers[variant] = OnnxReranker(
-                service.models.cache.verify(spec),
-                service.models.session_config,
-                max_length=length or min(settings.rerank_max_length, spec.max_length),
-                batching=service.models.batching,
-                window=window,
-            )
+        rerankers = {v: variant_reranker(service, v)[1] for v in args.variant}
         for reranker in rerankers.values():  # warm-up: sessions, allocator
             reranker.score_pairs(heads[0])
         times: dict[str, list[float]] = {v: [] for v in rerankers}
