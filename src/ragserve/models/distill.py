@@ -28,6 +28,7 @@ Seeds are fixed: the same inputs, options and thread count give the same student
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -731,10 +732,9 @@ def distill(
     saved = _scored_path(work_dir, teacher, passages, opts)
     tokenizer = load_tokenizer(teacher.tokenizer_path)
     if saved is not None and saved.is_file():
-        groups, target_lists = _load_scored(saved)
-        targets = [np.asarray(x, np.float32) for x in target_lists]
+        groups, targets, saved_seconds = _load_scored(saved)
         say(f"reusing the candidates and teacher scores in {saved}")
-        seconds.update(json.loads(saved.read_text(encoding="utf-8"))["seconds"])
+        seconds.update(saved_seconds)
         t = time.perf_counter()
     else:
         groups = mine_candidates(service, passages, queries, opts.candidates, rng, say)
@@ -821,8 +821,6 @@ def _scored_path(
     """Where the candidates and teacher scores for these inputs are kept (None: nowhere)."""
     if work_dir is None:
         return None
-    import hashlib
-
     key = hashlib.sha256()
     key.update(json.dumps([teacher.spec.name, teacher.manifest], sort_keys=True).encode())
     for p in passages:
@@ -846,10 +844,12 @@ def _save_scored(
     tmp.replace(path)
 
 
-def _load_scored(path: Path) -> tuple[list[Group], list[list[float]]]:
+def _load_scored(path: Path) -> tuple[list[Group], list[np.ndarray], dict[str, float]]:
+    """What :func:`_save_scored` wrote: the groups, the teacher's scores and the seconds the
+    mining and the teacher took."""
     data = json.loads(path.read_text(encoding="utf-8"))
     groups = [Group(g["query"], g["kind"], tuple(g["candidates"])) for g in data["groups"]]
-    return groups, data["targets"]
+    return groups, [np.asarray(t, np.float32) for t in data["targets"]], data["seconds"]
 
 
 def distill_to_cache(
