@@ -305,3 +305,12 @@ def test_int8_vectors_rescore_to_exact_cosines_and_reload(tmp_path: Path) -> Non
     )
     assert store._keeper.last_load[1] == "rebuilt"
     store.close()
+
+
+def test_the_search_beam_widens_with_the_graph_and_is_at_least_twice_k() -> None:
+    params = AnnParams()
+    assert params.beam(50_000, 10) == params.expansion_search == 96
+    assert params.beam(100_000, 10) == 96
+    assert params.beam(1_000_000, 10) == 96 + 160
+    assert 96 < params.beam(300_000, 10) < 256
+    assert params.beam(1_000, 100) == 200

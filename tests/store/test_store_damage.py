@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,3 +331,51 @@ def test_second_opener_of_a_data_dir_is_refused_with_the_reason(tmp_path: Path) 
             SqliteStore(tmp_path)
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------- the clean-close stamp
+
+
+def test_a_clean_close_skips_quick_check_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filled(tmp_path, docs=20, words=20).close()
+    assert (tmp_path / sqlite_health.CLEAN_STAMP).exists()
+    checked: list[Path] = []
+    monkeypatch.setattr(
+        "ragserve.store.sqlite.store.check_database", lambda path: checked.append(path)
+    )
+    store = SqliteStore(tmp_path)
+    assert checked == []
+    assert not (tmp_path / sqlite_health.CLEAN_STAMP).exists()  # gone while the store is open
+    store.close()
+
+
+def test_a_process_that_dies_with_the_store_open_makes_the_next_open_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filled(tmp_path, docs=20, words=20).close()
+    code = (
+        "import os, sys\n"
+        "from ragserve.store.sqlite import SqliteStore\n"
+        "SqliteStore(sys.argv[1])\n"
+        "os._exit(0)\n"  # no close, as if killed
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    assert not (tmp_path / sqlite_health.CLEAN_STAMP).exists()
+    checked: list[Path] = []
+    monkeypatch.setattr(
+        "ragserve.store.sqlite.store.check_database", lambda path: checked.append(path)
+    )
+    SqliteStore(tmp_path).close()
+    assert checked == [tmp_path / "ragserve.db"]
+
+
+def test_a_stamp_that_does_not_match_the_files_is_not_trusted(tmp_path: Path) -> None:
+    filled(tmp_path, docs=20, words=20).close()
+    stamp = tmp_path / sqlite_health.CLEAN_STAMP
+    stamp.write_text('{"ragserve.db": [1, 2, 3]}')
+    assert not sqlite_health.take_clean_stamp(tmp_path / "ragserve.db")
+    stamp.write_text("not json")
+    assert not sqlite_health.take_clean_stamp(tmp_path / "ragserve.db")
+    assert not stamp.exists()

@@ -2,7 +2,10 @@
 
 - **At open**: :func:`check_database` runs ``PRAGMA quick_check`` (every b-tree page read once:
   O(size), ~1 s per GB here) and turns a damaged file, or a file that is not a database, into
-  :class:`~ragserve.errors.StoreDamaged` naming the file and the way back.
+  :class:`~ragserve.errors.StoreDamaged` naming the file and the way back. It is skipped when the
+  last process closed the store cleanly and nothing has touched the files since
+  (:func:`write_clean_stamp` at close, :func:`take_clean_stamp` at open): a crash, a restore or
+  any write to the files in between brings the check back.
 - **At run time**: :func:`guarded` wraps the store's public methods. SQLite's ``SQLITE_CORRUPT``
   / ``SQLITE_NOTADB`` ("database disk image is malformed") put the store in read-only mode for
   the life of the process (writes answer :class:`~ragserve.errors.StoreDamaged`, 503, and never
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -74,6 +78,65 @@ def check_database(path: Path) -> None:
     if problems:
         raise damaged(path, "quick_check: " + "; ".join(problems))
     log.info("%s: quick_check ok in %.2f s", path, time.perf_counter() - started)
+
+
+#: Written at a clean close beside the database, removed at the next open.
+CLEAN_STAMP = "ragserve.clean"
+#: How long after the files' last change the stamp is written. File times come from a coarse
+#: clock (one tick is a few ms on Linux): a write in the same tick as the close would leave
+#: the times unchanged, so the stamp is only written once the clock is past that tick.
+STAMP_MARGIN_NS = 20_000_000
+
+
+def _file_states(path: Path) -> dict[str, list[int]]:
+    """Inode, size and modification time (ns) of the database and its WAL, where they exist."""
+    out = {}
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        out[p.name] = [st.st_ino, st.st_size, st.st_mtime_ns]
+    return out
+
+
+def write_clean_stamp(path: Path) -> None:
+    """Record, after the last connection closed, the state the database was left in. Files on
+    a filesystem with whole-second times (where a later write could keep the same time) get
+    no stamp, so the next open checks them."""
+    states = _file_states(path)
+    if not states or any(s[2] % 1_000_000 == 0 for s in states.values()):
+        return
+    wait = max(s[2] for s in states.values()) + STAMP_MARGIN_NS - time.time_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    stamp = path.with_name(CLEAN_STAMP)
+    tmp = stamp.with_name(CLEAN_STAMP + ".tmp")
+    with tmp.open("w") as fh:
+        json.dump(states, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(stamp)
+
+
+def take_clean_stamp(path: Path) -> bool:
+    """Whether the database is as the last clean close left it. The stamp is removed (and the
+    removal made durable) before the caller writes anything, so a crash from here on is seen
+    by the next open."""
+    stamp = path.with_name(CLEAN_STAMP)
+    try:
+        recorded = json.loads(stamp.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        recorded = None
+    stamp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return recorded is not None and recorded == _file_states(path)
 
 
 def _code(exc: sqlite3.Error) -> int:

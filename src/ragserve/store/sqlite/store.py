@@ -8,6 +8,7 @@ Layout of ``data_dir``::
     ann/<id>.hnsw, .json         HNSW index of a large collection + manifest (derived data)
     lexical/<id>/, <id>.json     tantivy BM25 index of a collection + manifest (derived data)
     ragserve.lock                held by the process that has the directory open
+    ragserve.clean               written at a clean close, removed at open: no quick_check
 
 One database (not one per collection) because collection create/delete is then one transaction,
 there is one file set to back up, and SQLite's single writer is not the ingest bottleneck
@@ -76,7 +77,13 @@ from ragserve.store.base import (
 )
 from ragserve.store.sqlite import ann
 from ragserve.store.sqlite.filters import to_sql
-from ragserve.store.sqlite.health import StoreHealth, check_database, guarded
+from ragserve.store.sqlite.health import (
+    StoreHealth,
+    check_database,
+    guarded,
+    take_clean_stamp,
+    write_clean_stamp,
+)
 from ragserve.store.sqlite.index import IndexKeeper
 from ragserve.store.sqlite.lexical import LexicalKeeper, tantivy_failure
 from ragserve.store.sqlite.meta import AllowedChunks, MetadataKeeper
@@ -217,7 +224,8 @@ class SqliteStore(SearchByRefs):
         self.path = self.data_dir / "ragserve.db"
         self.health = StoreHealth(self.path)
         try:
-            check_database(self.path)
+            if not take_clean_stamp(self.path):
+                check_database(self.path)
         except RagserveError:
             self._lock_file.close()
             raise
@@ -908,6 +916,9 @@ class SqliteStore(SearchByRefs):
             self._keeper.indexes.clear()
             self._meta.indexes.clear()
             self._lexical.close()
+            if self.health.damaged is None:
+                with suppress(OSError):  # no stamp: the next open checks the file
+                    write_clean_stamp(self.path)
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
 
