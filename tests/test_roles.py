@@ -7,12 +7,14 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
+from ragserve.config import Settings
 from ragserve.errors import ModelMismatch, ModelUnavailable
 from ragserve.models.manager import ModelManager
 from ragserve.models.remote import ModelClient, RemoteEmbedder
@@ -180,3 +182,100 @@ def test_start_up_goes_on_when_the_model_server_is_not_up_yet(
     text = caplog.text
     assert "is not answering yet" in text
     assert "collection 'x' uses embedder other" in text
+
+
+# ------------------------------------------------------------------------------ remote tokenizing
+
+
+class _Forward:
+    """A MockTransport handler that hands each request to a models process's app (in process),
+    and can be switched off (the model server is down)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.up = True
+        self.paths: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if not self.up:
+            raise httpx.ConnectError("Connection refused")
+        r = self.client.post(request.url.path, content=request.content,
+                             headers={"content-type": "application/json"})  # fmt: skip
+        return httpx.Response(r.status_code, content=r.content, headers=r.headers)
+
+
+def _models_service(tmp_path: Path) -> tuple[Settings, RetrievalService]:
+    settings = make_settings(tmp_path / "m", role="models")
+    manager = ModelManager.from_settings(settings)
+    manager.provide(FAKE_EMBEDDER, FakeEmbedder(64, "fake-embedder"))
+    manager.provide(FAKE_RERANKER, FakeReranker())
+    return settings, RetrievalService(settings, manager, no_store())
+
+
+_MARKDOWN = "# Octopus\n\n" + " ".join(f"w{i}" for i in range(90))
+DOCS = [
+    Document(id="md", title="Hearts", text=_MARKDOWN + "\n\n## Blood\n\nIt is blue, copper. " * 3),
+    Document(id="plain", text="Bees dance to say where the flowers are. " * 12),
+    Document(id="ü", text="naïve café — Ünïcode\tand tabs, 日本語 too " * 6),
+]
+
+
+def _chunks(service: RetrievalService) -> list[Any]:
+    return [
+        [(c.text, c.start, c.end) for c in service.get_document("c", d.id).chunks] for d in DOCS
+    ]
+
+
+def test_an_api_whose_model_server_tokenizes_cuts_the_same_chunks_as_a_local_tokenizer(
+    tmp_path: Path,
+) -> None:
+    """ragserve's /v1/tokenize, produced by the models process's route and parsed by the remote
+    embedder: the same chunks, offsets and texts as a process tokenizing itself."""
+    models_settings, models = _models_service(tmp_path)
+    for models_client in ready_client(models_settings, models):
+        forward = _Forward(models_client)
+        client = ModelClient(
+            "http://models.test", retries=0, transport=httpx.MockTransport(forward)
+        )
+        remote = RemoteEmbedder(FAKE_EMBEDDER, client, None)  # the model server tokenizes
+        api = make_service(make_settings(tmp_path / "a", chunk_tokens=16, chunk_overlap=4), remote)
+        local = make_service(make_settings(tmp_path / "l", chunk_tokens=16, chunk_overlap=4))
+        for service in (api, local):
+            service.create_collection("c")
+            assert [r.status for r in service.ingest("c", DOCS)] == ["created"] * 3
+        assert _chunks(api) == _chunks(local)
+        assert forward.paths.count("/v1/tokenize") >= len(DOCS)
+        r = models_client.post("/v1/tokenize", json={"input": "a b", "model": "fake-embedder"})
+        assert r.status_code == 200 and r.json()["data"][0]["tokens"] == 2
+        r = models_client.post("/v1/tokenize", json={"input": [], "model": "fake-embedder"})
+        assert r.status_code == 422
+        api.close()
+        local.close()
+
+
+def test_ingest_fails_per_document_when_the_tokenizing_server_is_down_and_recovers(
+    tmp_path: Path,
+) -> None:
+    models_settings, models = _models_service(tmp_path)
+    for models_client in ready_client(models_settings, models):
+        forward = _Forward(models_client)
+        client = ModelClient(
+            "http://models.test", retries=1, transport=httpx.MockTransport(forward)
+        )
+        remote = RemoteEmbedder(FAKE_EMBEDDER, client, None, timeout=2.0)
+        settings = make_settings(tmp_path / "a", chunk_tokens=16, chunk_overlap=4)
+        for api in ready_client(settings, make_service(settings, remote)):
+            assert api.post("/v1/collections", json={"name": "c"}).status_code == 201
+            forward.up = False
+            body = {"documents": [{"id": d.id, "text": d.text} for d in DOCS]}
+            r = api.post("/v1/collections/c/documents", json=body)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "model_unavailable"
+            assert [x["status"] for x in r.json()["results"]] == ["failed"] * 3
+            # retried once (a refused connection is safe to retry), then the rest not sent
+            assert forward.paths == ["/v1/tokenize"] * 2
+            assert api.get("/v1/collections/c").json()["documents"] == 0
+            forward.up = True
+            r = api.post("/v1/collections/c/documents", json=body)
+            assert r.status_code == 200
+            assert [x["status"] for x in r.json()["results"]] == ["created"] * 3

@@ -396,7 +396,10 @@ def serve(
             server.should_exit = True
 
     api = create_app(s, on_startup_failure=stop)
-    config = uvicorn.Config(api, host=s.host, port=s.port, log_level=log_level, access_log=False)
+    # No WebSocket route exists: ws="none" keeps uvicorn from importing `websockets` (1.3 MB).
+    config = uvicorn.Config(
+        api, host=s.host, port=s.port, log_level=log_level, access_log=False, ws="none"
+    )
     server = uvicorn.Server(config)  # the loader (which may call stop) starts in its lifespan
     server.run()
     if failures:

@@ -164,7 +164,8 @@ class Settings(BaseSettings):
         default=None,
         description="Base URL of a model server that embeds for this process (e.g. "
         "`http://models:8000`); unset: the embedder runs here. Collections of `RAGSERVE_EMBEDDER` "
-        "are embedded there; its tokenizer (from the model cache) still chunks here.",
+        "are embedded there, and chunked in tokens its server gives (`ragserve` API: "
+        "`/v1/tokenize`) or its tokenizer from the model cache gives (the other APIs).",
     )
     embedder_api: Literal["ragserve", "openai", "infinity"] = Field(
         default="ragserve",

@@ -3,7 +3,8 @@
 * ``all``: the store and the models in one process (the default).
 * ``api``: the store, ingest and search; models that have a URL
   (``RAGSERVE_EMBEDDER_URL``, ``RAGSERVE_RERANKER_URL``) run on that model server and are never
-  loaded here (only the embedder's tokenizer is, to cut chunks).
+  loaded here (a ragserve model server also gives the tokens chunks are cut in; with TEI,
+  Infinity or vLLM the embedder's tokenizer is loaded here for that).
 * ``models``: only ``/v1/embeddings``, ``/v1/rerank``, health and metrics; it opens no store and
   no control database (no scoped keys, no jobs: the global ``RAGSERVE_API_KEYS`` guard it) and
   writes nothing, so any number of them can run beside the API replicas (or be replaced by TEI

@@ -46,9 +46,11 @@ from ragserve.models.catalog import Kind
 from ragserve.models.embedder import (
     CHARS_PER_TOKEN_KEPT,
     Embedder,
+    TokenSpans,
     Vectors,
     check_text,
     check_texts,
+    token_spans_many,
 )
 from ragserve.models.manager import ModelManager
 from ragserve.models.reranker import Reranker, Scores, sigmoid
@@ -245,8 +247,20 @@ class RetrievalService:
         # Counted on what the model is given (each text cut at max_length x 64 characters, see
         # models.embedder): a 60 MB input no longer costs a minute of tokenizing to be counted.
         keep = self.models.catalog.get(embedder.name).max_length * CHARS_PER_TOKEN_KEPT
-        tokens = sum(len(embedder.token_spans(t[:keep])) for t in texts)
+        tokens = sum(len(s) for s in token_spans_many(embedder, [t[:keep] for t in texts]))
         return Embeddings(np.asarray(vectors, dtype=np.float32), embedder.name, tokens)
+
+    def tokenize(
+        self, texts: Sequence[str], model: str | None = None
+    ) -> tuple[str, list[TokenSpans]]:
+        """The embedder's name and the character offsets of every token of each text (no special
+        tokens, no truncation): what the embedder's chunking counts in."""
+        if not texts:
+            raise InvalidInput("input must not be empty")
+        self._check_count(len(texts), "inputs")
+        check_texts(texts, "input")
+        embedder = self.embedder(model)
+        return embedder.name, token_spans_many(embedder, texts)
 
     def rerank_documents(
         self, query: str, documents: Sequence[str], model: str | None = None, *, top_n: int | None
@@ -401,7 +415,7 @@ class RetrievalService:
             if item is None:
                 break
             started = time.perf_counter()
-            prepared = self._prepare(collection, embedder, budget, item)
+            prepared = self._prepare(collection, embedder, budget, item, down)
             clock.chunk += time.perf_counter() - started
             group.append(prepared)
             if isinstance(prepared, _Prepared):
@@ -414,7 +428,12 @@ class RetrievalService:
         trim_soon()  # what the ingest freed goes back to the system once ingests settle
 
     def _prepare(
-        self, collection: str, embedder: Embedder, budget: int, item: Document | IngestFailure
+        self,
+        collection: str,
+        embedder: Embedder,
+        budget: int,
+        item: Document | IngestFailure,
+        down: list[ModelUnavailable],
     ) -> _Prepared | IngestResult:
         if isinstance(item, IngestFailure):
             return IngestResult(item.source, "failed", error=item.error, source=item.source)
@@ -428,6 +447,8 @@ class RetrievalService:
             if stored == digest:
                 count = len(self.store.get_document(collection, doc_id).chunks)
                 return IngestResult(doc_id, "unchanged", count, source=source)
+            if down:  # the model server that tokenizes failed: the rest fail at once
+                raise down[0]
             chunks = chunk_document(
                 item,
                 embedder.token_spans,
@@ -439,6 +460,11 @@ class RetrievalService:
             )
             if not chunks:
                 raise InvalidInput("document has no text to index")
+        except ModelUnavailable as exc:  # its model server tokenizes (models.remote)
+            down[:1] = [exc]
+            return IngestResult(
+                doc_id, "failed", error=exc.message, source=source, error_type=exc.error_type
+            )
         except RagserveError as exc:
             if not exc.public:
                 raise

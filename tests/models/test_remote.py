@@ -286,3 +286,46 @@ def test_the_tokenizer_loads_with_the_first_chunking_only() -> None:
     assert spans.shape == (2, 2) and loads == [1]
     emb.token_spans("again")
     assert loads == [1]
+
+
+# ------------------------------------------------------------------------------ tokenize
+
+
+def offsets(*pairs: tuple[int, int]) -> str:
+    import base64
+
+    return base64.b64encode(np.asarray(pairs, dtype="<i4").tobytes()).decode()
+
+
+def test_a_ragserve_server_tokenizes_when_no_tokenizer_is_given() -> None:
+    answer = {"object": "list", "model": "tiny",
+              "data": [{"index": 1, "tokens": 1, "offsets": offsets((0, 2))},
+                       {"index": 0, "tokens": 2, "offsets": offsets((0, 4), (5, 7))}]}  # fmt: skip
+    rec = Recorder(httpx.ConnectError("refused"), httpx.Response(503, json={}),
+                   httpx.Response(200, json=answer))  # fmt: skip
+    emb = RemoteEmbedder(spec(), client(rec), None)
+    spans = emb.token_spans_many(["what is", "it"])
+    assert [s.tolist() for s in spans] == [[[0, 4], [5, 7]], [[0, 2]]]
+    assert len(rec.requests) == 3, "refused and 503 are retried: tokenizing is idempotent"
+    assert rec.requests[-1].url.path == "/v1/tokenize"
+    assert rec.body() == {"input": ["what is", "it"], "model": "tiny"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[], [{"index": 0, "offsets": "!!"}], [{"index": 0, "offsets": offsets((0, 99))}],
+     [{"index": 3, "offsets": offsets((0, 1))}], [{"index": 0, "offsets": "AAAA"}]],
+)  # fmt: skip
+def test_malformed_token_offsets_are_503_not_bad_chunks(data: list[Any]) -> None:
+    emb = RemoteEmbedder(spec(), client(Recorder(httpx.Response(200, json={"data": data}))), None)
+    with pytest.raises(ModelUnavailable, match="unexpected body"):
+        emb.token_spans("what is")
+
+
+def test_remote_tokenizing_refuses_bad_text_before_sending_and_other_protocols() -> None:
+    rec = Recorder(httpx.Response(500))
+    with pytest.raises(InvalidInput, match="not valid UTF-8"):
+        RemoteEmbedder(spec(), client(rec), None).token_spans("bad \ud800")
+    assert rec.requests == []
+    with pytest.raises(ValueError, match="cannot tokenize"):
+        RemoteEmbedder(spec(), client(rec), None, api="openai")

@@ -388,6 +388,18 @@ def _embeddings(body: s.EmbeddingsIn, svc: RetrievalService) -> s.EmbeddingsOut:
     return s.EmbeddingsOut.of(result, body.encoding_format)
 
 
+@models_router.post("/tokenize", operation_id="tokenize", response_model=s.TokenizeOut)
+async def tokenize(body: s.TokenizeIn, svc: Service, request: Request) -> Response:
+    """ragserve: the character offsets of every token of each input with an embedder's
+    tokenizer (what an `api` process whose embedder is remote cuts chunks with)."""
+    return await admitted(request, Kind.EMBEDDINGS, lambda: _json(_tokenize(body, svc)))
+
+
+def _tokenize(body: s.TokenizeIn, svc: RetrievalService) -> s.TokenizeOut:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    return s.TokenizeOut.of(*svc.tokenize(texts, body.model))
+
+
 @models_router.post("/rerank", operation_id="rerank", response_model=s.RerankOut)
 async def rerank(body: s.RerankIn, svc: Service, request: Request) -> Response:
     """Cohere-compatible rerank: relevance_score is the sigmoid of the cross-encoder logit."""

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 if TYPE_CHECKING:
@@ -379,6 +380,36 @@ class EmbeddingsOut(BaseModel):
         ]
         usage = Usage(prompt_tokens=result.tokens, total_tokens=result.tokens)
         return cls(data=data, model=result.model, usage=usage)
+
+
+class TokenizeIn(BaseModel):
+    input: str | Annotated[list[str], Field(min_length=1)]
+    model: str | None = Field(default=None, description="An embedder (default: the server's).")
+
+
+class TokenizeItem(BaseModel):
+    index: int
+    tokens: int
+    offsets: str = Field(
+        description="base64 of little-endian int32 pairs (start, end), one a token, in code "
+        "points of the input; no special tokens, no truncation."
+    )
+
+
+class TokenizeOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TokenizeItem]
+    model: str
+
+    @classmethod
+    def of(cls, model: str, spans: Sequence[Any]) -> TokenizeOut:
+        """``spans``: an ``(n, 2)`` integer array (or pairs) per input."""
+        data = []
+        for i, pairs in enumerate(spans):
+            raw = np.asarray(pairs, dtype="<i4").reshape(-1, 2).tobytes()
+            data.append(TokenizeItem(index=i, tokens=len(raw) // 8,
+                                     offsets=base64.b64encode(raw).decode()))  # fmt: skip
+        return cls(data=data, model=model)
 
 
 # ---------------------------------------------------------------- Cohere rerank

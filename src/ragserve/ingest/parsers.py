@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import io
 import re
+from functools import cache
 from pathlib import Path, PurePath
-
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
+from typing import TYPE_CHECKING
 
 from ragserve.ingest.detect import (
     SNIFF_BYTES,
@@ -39,6 +38,10 @@ from ragserve.ingest.filetypes import Parsed, Signature, register_file_type
 from ragserve.ingest.limits import Budget, BudgetExceeded, Limits
 from ragserve.ingest.records import record_to_document, single_record
 from ragserve.types import Document, JSONDict, Section
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 
 __all__ = [
     "FileType",
@@ -192,7 +195,14 @@ def _parse_text(data: bytes, limits: Limits) -> Parsed:
 
 
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n(?:---|\.\.\.)\n", re.DOTALL)
-_MD = MarkdownIt("commonmark").enable("table")
+
+
+@cache
+def _markdown() -> MarkdownIt:
+    """The parser, built (and markdown-it imported: ~1 MB, 68 modules) by the first Markdown."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table")
 
 
 def _parse_markdown(data: bytes, limits: Limits) -> Parsed:
@@ -211,7 +221,7 @@ def markdown_to_parsed(source: str) -> Parsed:
                 front_title = value.strip().strip("\"'")
         source = source[match.end() :]
     builder = _Builder()
-    tokens = _MD.parse(source)
+    tokens = _markdown().parse(source)
     lists: list[int] = []  # item counters per nesting level (0 for bullets)
     item_first = False
     row: list[str] | None = None

@@ -11,16 +11,18 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from tokenizers import Encoding, Tokenizer
 
 from ragserve.errors import InvalidInput
 from ragserve.models.cache import CachedModel
 from ragserve.models.catalog import ModelSpec, Pooling
 from ragserve.models.runtime import SessionConfig, build_session, load_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
 
 Vectors = npt.NDArray[np.float32]
 
@@ -50,6 +52,18 @@ class Embedder(Protocol):
         """Character offsets of every token of ``text`` (no special tokens, no truncation):
         pairs, or an ``(n, 2)`` integer array (what :class:`OnnxEmbedder` returns)."""
         ...
+
+
+TokenSpans = Sequence[tuple[int, int]] | npt.NDArray[np.integer]
+
+
+def token_spans_many(embedder: Embedder, texts: Sequence[str]) -> list[TokenSpans]:
+    """:meth:`Embedder.token_spans` of each text: in one call where the embedder has a batch
+    form (``token_spans_many``: a remote embedder asks its model server once), else in turn."""
+    many = getattr(embedder, "token_spans_many", None)
+    if many is not None:
+        return list(many(texts))
+    return [embedder.token_spans(t) for t in texts]
 
 
 def check_text(text: object, what: str = "text") -> str:

@@ -31,7 +31,15 @@ from ragserve.caching import CacheStats, ModelCaches
 from ragserve.config import Settings
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Catalog, Kind, ModelSpec
-from ragserve.models.embedder import Batching, Embedder, OnnxEmbedder, Vectors, check_texts
+from ragserve.models.embedder import (
+    Batching,
+    Embedder,
+    OnnxEmbedder,
+    TokenSpans,
+    Vectors,
+    check_texts,
+    token_spans_many,
+)
 from ragserve.models.reranker import OnnxReranker, Reranker, Scores
 from ragserve.models.runtime import SessionConfig
 
@@ -183,6 +191,9 @@ class ServedEmbedder:
 
     def token_spans(self, text: str) -> Sequence[tuple[int, int]] | npt.NDArray[np.integer]:
         return self.model.token_spans(text)
+
+    def token_spans_many(self, texts: Sequence[str]) -> list[TokenSpans]:
+        return token_spans_many(self.model, texts)
 
     def embed_documents(self, texts: Sequence[str]) -> Vectors:
         return self.model.embed_documents(texts)

@@ -13,9 +13,12 @@ a timeout (a slow server would only get slower) or a 4xx (the same call would fa
 pooled connection to a server that restarted fails on reuse and is replaced by the retry, so the
 process recovers by itself when its model server comes back.
 
-Chunking stays local: a remote embedder tokenizes with the model's own tokenizer (from the model
-cache, only ``tokenizer.json`` is needed, checked at start-up and loaded by the first ingest) to
-cut documents into chunks that fit the model.
+Chunks are cut in the model's tokens. A ragserve model server tokenizes too (``/v1/tokenize``:
+one request per document to chunk, retried like the others), so an ``api`` process that speaks
+to one holds no tokenizer and no model file at all (13 MB less RSS after an ingest than with the
+tokenizer here). The other protocols have no such endpoint with character offsets, so their
+embedder tokenizes here with the model's own tokenizer (from the model cache, only
+``tokenizer.json`` is needed, checked at start-up and loaded by the first ingest).
 """
 
 from __future__ import annotations
@@ -28,21 +31,29 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 from pydantic import SecretStr
-from tokenizers import Tokenizer
 
 from ragserve.config import Settings
 from ragserve.errors import InvalidInput, ModelMismatch, ModelUnavailable
 from ragserve.models.cache import ModelCache
 from ragserve.models.catalog import Kind, ModelSpec
-from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Vectors, text_prefix, token_spans
+from ragserve.models.embedder import (
+    CHARS_PER_TOKEN_KEPT,
+    Vectors,
+    check_texts,
+    text_prefix,
+    token_spans,
+)
 from ragserve.models.reranker import Scores
 from ragserve.models.runtime import load_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,8 @@ BACKOFF_CAP = 1.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Texts of a document batch per query-call timeout (a batch of 64 gets 4 timeouts).
 TEXTS_PER_TIMEOUT = 16
+#: Characters to tokenize per call timeout (a 10 MB document gets 10 timeouts).
+CHARS_PER_TIMEOUT = 1_000_000
 
 
 class ModelClient:
@@ -218,6 +231,44 @@ def parse_embeddings(body: Any, count: int, url: str) -> tuple[Vectors, str | No
     return np.ascontiguousarray(vectors, dtype=np.float32), name
 
 
+# ------------------------------------------------------------------------------ tokenize
+
+
+def tokenize_request(texts: Sequence[str], *, model: str | None) -> tuple[str, dict[str, Any]]:
+    """The path and body of one call to a ragserve model server's ``/v1/tokenize``."""
+    body: dict[str, Any] = {"input": list(texts)}
+    if model is not None:
+        body["model"] = model
+    return "/v1/tokenize", body
+
+
+def parse_tokenize(body: Any, texts: Sequence[str], url: str) -> list[npt.NDArray[np.int64]]:
+    """Token offsets per text (``(n, 2)`` int64, in input order) from a ``/v1/tokenize``
+    answer; offsets outside their text are refused (chunks are cut at them)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    count = len(texts)
+    if not isinstance(data, list) or len(data) != count:
+        got = len(data) if isinstance(data, list) else "no"
+        raise _unexpected(url, f"{got} token lists for {count} inputs")
+    out: list[npt.NDArray[np.int64] | None] = [None] * count
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        value = item.get("offsets") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count or out[index] is not None:
+            raise _unexpected(url, f"token list index {index!r}")
+        try:
+            raw = base64.b64decode(value, validate=True) if isinstance(value, str) else None
+        except ValueError:
+            raw = None
+        if raw is None or len(raw) % 8:
+            raise _unexpected(url, "token offsets that are not base64 int32 pairs")
+        spans = np.frombuffer(raw, dtype="<i4").astype(np.int64).reshape(-1, 2)
+        if len(spans) and (spans.min() < 0 or spans.max() > len(texts[index])):
+            raise _unexpected(url, f"token offsets outside input {index}")
+        out[index] = spans
+    return [s for s in out if s is not None]
+
+
 class _Remote(Generic[Api]):
     """What a remote model is: its spec, its server and how to call it."""
 
@@ -251,7 +302,7 @@ class RemoteEmbedder(_Remote[EmbedderApi]):
         self,
         spec: ModelSpec,
         client: ModelClient,
-        tokenizer: Tokenizer | Callable[[], Tokenizer],
+        tokenizer: Tokenizer | Callable[[], Tokenizer] | None,
         *,
         api: EmbedderApi = "ragserve",
         remote_name: str | None = None,
@@ -259,12 +310,17 @@ class RemoteEmbedder(_Remote[EmbedderApi]):
         max_inputs: int = 256,
     ) -> None:
         """``tokenizer``: the model's, or what loads it at the first :meth:`token_spans` (only
-        ingest cuts chunks: a replica that only searches never holds its ~10 MB)."""
+        ingest cuts chunks: a replica that only searches never holds its ~10 MB); None: the
+        model server tokenizes (``/v1/tokenize``, ragserve's protocol only)."""
         super().__init__(
             spec, client, api=api, remote_name=remote_name, timeout=timeout, max_inputs=max_inputs
         )
+        if tokenizer is None and api != "ragserve":
+            raise ValueError(f"a {api!r} model server cannot tokenize: give a tokenizer")
         self._tokenizer: Tokenizer | None = None
-        self._load_tokenizer = tokenizer if callable(tokenizer) else lambda: tokenizer
+        self._load_tokenizer: Callable[[], Tokenizer] | None = (
+            None if tokenizer is None else tokenizer if callable(tokenizer) else lambda: tokenizer
+        )
         self._tokenizer_lock = threading.Lock()
 
     @property
@@ -279,9 +335,27 @@ class RemoteEmbedder(_Remote[EmbedderApi]):
         return self._embed(texts, query=True, instruction=instruction)
 
     def token_spans(self, text: str) -> npt.NDArray[np.int64]:
+        if self._load_tokenizer is None:
+            return self.token_spans_many([text])[0]
         return token_spans(self._tokenizer or self._loaded_tokenizer(), text)
 
+    def token_spans_many(self, texts: Sequence[str]) -> list[npt.NDArray[np.int64]]:
+        """:meth:`token_spans` of each text; from the model server, ``max_inputs`` a call."""
+        if self._load_tokenizer is not None:
+            return [self.token_spans(t) for t in texts]
+        check_texts(texts, "text")  # what JSON cannot carry fails here, as a local tokenizer would
+        out: list[npt.NDArray[np.int64]] = []
+        for start in range(0, len(texts), self.max_inputs):
+            part = texts[start : start + self.max_inputs]
+            path, body = tokenize_request(part, model=self.remote_name)
+            chars = sum(len(t) for t in part)
+            timeout = self.timeout * max(1, math.ceil(chars / CHARS_PER_TIMEOUT))
+            answer = self.client.post(path, body, timeout=timeout)
+            out += parse_tokenize(answer, part, self.client.base_url + path)
+        return out
+
     def _loaded_tokenizer(self) -> Tokenizer:
+        assert self._load_tokenizer is not None
         with self._tokenizer_lock:
             if self._tokenizer is None:
                 tokenizer = self._load_tokenizer()
@@ -460,11 +534,14 @@ class RemoteModels:
                 f"embedder {spec.name!r} is not served here: RAGSERVE_EMBEDDER_URL serves "
                 f"{s.embedder!r} (RAGSERVE_EMBEDDER)"
             )
-        cached = self.cache.verify(spec, only=(spec.tokenizer_file,))  # at start-up: loudly
+        tokenizer: Callable[[], Tokenizer] | None = None  # a ragserve server tokenizes
+        if s.embedder_api != "ragserve":
+            cached = self.cache.verify(spec, only=(spec.tokenizer_file,))  # at start-up: loudly
+            tokenizer = lambda: load_tokenizer(cached.tokenizer_path)  # noqa: E731 - first ingest
         return RemoteEmbedder(
             spec,
             self._client(s.embedder_url, s.embedder_key),
-            lambda: load_tokenizer(cached.tokenizer_path),  # with the first ingest
+            tokenizer,
             api=s.embedder_api,
             remote_name=s.embedder_remote_name,
             timeout=s.embedder_timeout,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from tokenizers import Tokenizer
 
 from ragserve.models.cache import CachedModel
 from ragserve.models.embedder import CHARS_PER_TOKEN_KEPT, Batching, check_text, pad_batch
 from ragserve.models.runtime import SessionConfig, build_session, load_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 Scores = npt.NDArray[np.float32]
 

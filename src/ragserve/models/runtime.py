@@ -11,7 +11,8 @@ written atomically, ignored when it cannot be written (a read-only cache), and d
 when it does not load.
 
 ONNX Runtime is imported on the first session built, not with this module: a process whose models
-all run on a model server (``--role api`` with remote models) never loads it (23 MB of RSS).
+all run on a model server (``--role api`` with remote models) never loads it (23 MB of RSS). The
+``tokenizers`` library likewise, by the first tokenizer loaded (3.8 MB).
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
-from tokenizers import Tokenizer
-
 from ragserve.errors import ModelIntegrityError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ def _build_with_saved_graph(model_path: Path, config: SessionConfig) -> ort.Infe
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
+    from tokenizers import Tokenizer
+
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception
