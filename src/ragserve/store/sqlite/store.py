@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ragserve.config import EXACT_SEARCH_BELOW
 from ragserve.errors import (
     CollectionNotFound,
     Conflict,
@@ -201,7 +202,7 @@ class SqliteStore(SearchByRefs):
         self,
         data_dir: Path,
         *,
-        exact_search_below: int = 5_000,
+        exact_search_below: int = EXACT_SEARCH_BELOW,
         ann_params: ann.AnnParams | None = None,
         synchronous: Literal["NORMAL", "FULL"] = "FULL",
         lexical_index: Literal["tantivy", "fts5"] = "tantivy",
@@ -283,7 +284,7 @@ class SqliteStore(SearchByRefs):
     def from_settings(cls, settings: Settings) -> SqliteStore:
         return cls(
             settings.data_dir,
-            exact_search_below=settings.exact_search_below,
+            exact_search_below=settings.exact_search_threshold,
             lexical_index=settings.lexical_index,
             ann_params=ann.AnnParams(vectors=settings.ann_vectors),
         )
