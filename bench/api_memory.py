@@ -1,6 +1,6 @@
 """Where an api process's memory goes: the service of ``--role api`` in this process, SciFact.
 
-    python -m bench.api_memory [--docs N] [--setting NAME=VALUE ...]
+    python -m bench.api_memory [--docs N] [--setting NAME=VALUE ...] [--server]
 
 The service (no HTTP server: a ``serve`` process holds ~20 MB more, FastAPI's app and uvicorn)
 with its embedder remote, answered by an ``httpx.MockTransport`` with hash-seeded unit vectors
@@ -9,6 +9,11 @@ requests of 64 documents. ``VmRSS`` is read once ready, after the ingest, after 
 ``malloc_trim`` (what ``ragserve.memory`` does 1 s after the last ingest), after the first
 hybrid search (which builds the lexical index) and trimmed again. ``--setting`` passes
 ``RAGSERVE_*`` settings (e.g. ``ann_vectors=int8``, ``exact_search_below=10000``) to compare.
+
+``--server`` measures a real ``ragserve serve --role api`` process instead (its model server
+a stdlib HTTP server in this process that answers ragserve's wire the same way, so an ingest
+costs no model time): ``VmRSS`` once ready, right after SciFact is ingested over HTTP (requests
+of 64 documents), 3 s later (the trim), and after 200 hybrid searches at concurrency 1 and 16.
 Prints JSON.
 """
 
@@ -21,13 +26,26 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from bench.common import machine, rss_mb, scifact_docs
+from bench.common import (
+    free_port,
+    loadgen,
+    machine,
+    ragserve_command,
+    rss_mb,
+    scifact_docs,
+    scifact_test_queries,
+    server,
+)
+from bench.serve_bench import ingest
 
 
 def _vector(text: str, dimension: int = 384) -> bytes:
@@ -45,11 +63,104 @@ def _embeddings(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"data": data, "model": body.get("model")})
 
 
+class _FakeModels(BaseHTTPRequestHandler):
+    """ragserve's model wire (``--role models``): hash-seeded vectors, zero scores, and the
+    tokens of bge-small's own tokenizer (from the model cache)."""
+
+    protocol_version = "HTTP/1.1"
+    tokenizer: Any = None
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed ACK
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/embeddings":
+            texts = body["input"]
+            data = [
+                {"index": i, "embedding": base64.b64encode(_vector(t)).decode()}
+                for i, t in enumerate(texts)
+            ]
+            n = sum(len(t) // 4 for t in texts)
+            out: Any = {"data": data, "model": body.get("model"),
+                        "usage": {"prompt_tokens": n, "total_tokens": n}}  # fmt: skip
+        elif self.path == "/v1/tokenize":
+            from ragserve.models.embedder import token_spans
+
+            data = []
+            for i, text in enumerate(body["input"]):
+                raw = token_spans(self.tokenizer, text).astype("<i4").tobytes()
+                data.append({"index": i, "tokens": len(raw) // 8,
+                             "offsets": base64.b64encode(raw).decode()})  # fmt: skip
+            out = {"object": "list", "data": data, "model": body.get("model")}
+        elif self.path == "/v1/rerank":
+            out = {"results": [{"index": i, "logit": 0.0, "relevance_score": 0.5}
+                               for i in range(len(body["documents"]))]}  # fmt: skip
+        else:
+            self.send_error(404)
+            return
+        raw = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def measure_server(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """A real ``ragserve serve --role api`` process, its models on :class:`_FakeModels`."""
+    from ragserve.config import Settings
+    from ragserve.models.runtime import load_tokenizer
+
+    _FakeModels.tokenizer = load_tokenizer(
+        Settings().model_dir / "bge-small-en-v1.5" / "tokenizer.json"
+    )
+    models = ThreadingHTTPServer(("127.0.0.1", 0), _FakeModels)
+    threading.Thread(target=models.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{models.server_address[1]}"
+    settings = {f"RAGSERVE_{k.upper()}": v for k, v in (s.split("=", 1) for s in args.setting)}
+    with tempfile.TemporaryDirectory(prefix="ragserve-memory-") as tmp:
+        port = free_port()
+        env = {"PORT": str(port), "RAGSERVE_DATA_DIR": str(Path(tmp) / "data"),
+               "RAGSERVE_EMBEDDER_URL": url, "RAGSERVE_RERANKER_URL": url,
+               "RAGSERVE_QUERY_CACHE_SIZE": "0", "HF_HUB_OFFLINE": "1", **settings}  # fmt: skip
+        if args.src:  # another build's ragserve (e.g. `git archive main`) serves
+            env["PYTHONPATH"] = str(Path(args.src).resolve())
+        with server([*ragserve_command(port), "--role", "api"], env) as api:
+            time.sleep(1)
+            out["ready_mb"] = round(api.rss_mb(), 1)
+            out["ingest"] = ingest(api.url, scifact_docs(args.docs))
+            out["right_after_ingest_mb"] = round(api.rss_mb(), 1)
+            time.sleep(3)  # ragserve.memory trims 1 s after the last ingest request
+            out["after_ingest_mb"] = round(api.rss_mb(), 1)
+            bodies = [{"query": q, "top_k": 10, "mode": "hybrid"} for q in scifact_test_queries()]
+            endpoint = f"{api.url}/v1/collections/scifact/search"
+            out["c1"] = loadgen(endpoint, bodies, concurrency=1, requests=200, seconds=120)
+            out["c16"] = loadgen(endpoint, bodies, concurrency=16, requests=400, seconds=120)
+            out["after_searches_mb"] = round(api.rss_mb(), 1)
+    models.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=None, help="first N SciFact documents")
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE")
+    parser.add_argument("--server", action="store_true", help="a real `serve --role api`")
+    parser.add_argument("--src", help="--server: the src/ directory of the build to run")
     args = parser.parse_args()
+    if args.server:
+        out: dict[str, Any] = {
+            "machine": machine(),
+            "command": "python -m bench.api_memory --server"
+            + "".join(f" --setting {s}" for s in args.setting)
+            + (f" --src {args.src}" if args.src else ""),
+            "load_average_start": os.getloadavg()[0],
+        }
+        measure_server(args, out)
+        out["load_average_end"] = os.getloadavg()[0]
+        print(json.dumps(out, indent=2))
+        return
     for item in args.setting:
         name, value = item.split("=", 1)
         os.environ[f"RAGSERVE_{name.upper()}"] = value
@@ -62,7 +173,7 @@ def main() -> None:
     limit_malloc_arenas()  # as `ragserve serve` does
     trim = ctypes.CDLL("libc.so.6").malloc_trim
     pid = os.getpid()
-    out: dict[str, Any] = {
+    out = {
         "machine": machine(),
         "command": "python -m bench.api_memory" + "".join(f" --setting {s}" for s in args.setting),
         "load_average_start": os.getloadavg()[0],
