@@ -13,7 +13,9 @@ hybrid search (which builds the lexical index) and trimmed again. ``--setting`` 
 ``--server`` measures a real ``ragserve serve --role api`` process instead (its model server
 a stdlib HTTP server in this process that answers ragserve's wire the same way, so an ingest
 costs no model time): ``VmRSS`` once ready, right after SciFact is ingested over HTTP (requests
-of 64 documents), 3 s later (the trim), and after 200 hybrid searches at concurrency 1 and 16.
+of 64 documents), 3 s later (the trim), and after hybrid searches (300 at concurrency 1, then
+``--c16-requests`` at 16), with their latency. ``BENCH_SMAPS=FILE`` saves the process's
+``/proc/PID/smaps`` after the ingest.
 Prints JSON.
 """
 
@@ -134,10 +136,17 @@ def measure_server(args: argparse.Namespace, out: dict[str, Any]) -> None:
             out["right_after_ingest_mb"] = round(api.rss_mb(), 1)
             time.sleep(3)  # ragserve.memory trims 1 s after the last ingest request
             out["after_ingest_mb"] = round(api.rss_mb(), 1)
+            if os.environ.get("BENCH_SMAPS"):  # where it is, by mapping (investigation aid)
+                Path(os.environ["BENCH_SMAPS"]).write_text(
+                    Path(f"/proc/{api.proc.pid}/smaps").read_text()
+                )
             bodies = [{"query": q, "top_k": 10, "mode": "hybrid"} for q in scifact_test_queries()]
             endpoint = f"{api.url}/v1/collections/scifact/search"
-            out["c1"] = loadgen(endpoint, bodies, concurrency=1, requests=200, seconds=120)
-            out["c16"] = loadgen(endpoint, bodies, concurrency=16, requests=400, seconds=120)
+            loadgen(endpoint, bodies[:20], concurrency=2, requests=20, seconds=60)  # warm-up
+            out["c1"] = loadgen(endpoint, bodies, concurrency=1, requests=300, seconds=120)
+            out["c16"] = loadgen(
+                endpoint, bodies, concurrency=16, requests=args.c16_requests, seconds=120
+            )
             out["after_searches_mb"] = round(api.rss_mb(), 1)
     models.shutdown()
 
@@ -148,6 +157,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE")
     parser.add_argument("--server", action="store_true", help="a real `serve --role api`")
     parser.add_argument("--src", help="--server: the src/ directory of the build to run")
+    parser.add_argument("--c16-requests", type=int, default=1000, help="--server")
     args = parser.parse_args()
     if args.server:
         out: dict[str, Any] = {
