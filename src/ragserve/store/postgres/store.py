@@ -14,12 +14,12 @@ table would scan the whole table to build, and every insert would test every pre
 server has it (pgvector >= 0.8) and falls back to an exact scan of the filtered rows whenever
 the index returns fewer than ``k`` hits, so filters never under-return.
 
-Lexical search: a generated ``tsvector`` (``english`` configuration: stemming, stop words) with
-a GIN index. Each query word becomes a ``plainto_tsquery`` (so user text cannot be a syntax
-error); a chunk's score is ``sum(idf(term) * ts_rank(tsv, term, 1))`` over the query terms it
-holds, with BM25's idf from per-collection document frequencies counted at query time. That is
-BM25-like (idf, saturating term frequency, length normalization) but not BM25; see
-docs/postgres.md for the measured difference.
+Lexical search: BM25 (:mod:`.lexical`) over the terms of a generated ``tsvector`` (``english``
+configuration: stemming, stop words). Each chunk's terms are written to the collection's
+postings partition, and its term and length counts to ``lexical_terms`` / ``lexical_stats``, in
+the chunk's own transaction; a search reads each query term's best postings from an index and
+proves its top k exact before answering (deeper reads otherwise), so it does not rank every
+chunk that holds a query word.
 
 Errors: connection failures and pool timeouts become :class:`~ragserve.errors.Unavailable`
 (HTTP 503); the pool checks connections before handing them out, so after a server restart the
@@ -69,6 +69,7 @@ from ragserve.store.base import (
     check_query_vector,
     check_upsert,
 )
+from ragserve.store.postgres import lexical
 from ragserve.store.postgres import schema as postgres_schema
 from ragserve.store.postgres.sql import query_words, to_sql
 from ragserve.types import Chunk, Document, JSONDict
@@ -135,14 +136,10 @@ class PostgresStore(SearchByRefs):
         kwargs = dict(connect_kwargs or {})
         try:
             with psycopg.connect(dsn, connect_timeout=int(max(timeout, 2)), **kwargs) as conn:
+                self.pgvector_version = postgres_schema.pgvector_version(conn)
                 postgres_schema.migrate(conn)
-                row = conn.execute(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-                ).fetchone()
         except psycopg.OperationalError as exc:
             raise Unavailable(f"cannot reach PostgreSQL: {_first_line(exc)}") from exc
-        version = str(row[0]) if row else "0"
-        self.pgvector_version = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
         self.iterative_scan = self.pgvector_version >= (0, 8)
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             dsn,
@@ -239,6 +236,7 @@ class PostgresStore(SearchByRefs):
                         "CREATE INDEX {} ON {} USING hnsw ((embedding::{}) vector_cosine_ops)"
                     ).format(sql.Identifier(f"chunks_{c.id}_hnsw"), c.table, c.vector_type)
                 )
+                lexical.create_partition(conn, c.id)
             return self._info(conn, c)
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -278,6 +276,7 @@ class PostgresStore(SearchByRefs):
             c = self._collection(conn, name)
             conn.execute("SELECT id FROM collections WHERE id = %s FOR UPDATE", (c.id,))
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(c.table))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(lexical.postings_table(c.id)))
             conn.execute("DELETE FROM collections WHERE id = %s", (c.id,))
 
     # ------------------------------------------------------------------ documents
@@ -315,10 +314,9 @@ class PostgresStore(SearchByRefs):
             ).fetchone()
             assert row is not None
             doc_row, inserted = int(row[0]), bool(row[1])
+            delta = lexical.Delta()
             if not inserted:
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE document_id = %s").format(c.table), (doc_row,)
-                )
+                delta = self._unindex(conn, c, doc_row)
             if rows:
                 with conn.cursor() as cur:
                     cur.executemany(
@@ -328,7 +326,19 @@ class PostgresStore(SearchByRefs):
                         ).format(c.table),
                         [(c.id, doc_row, *r, matrix[i]) for i, r in enumerate(rows)],
                     )
+            delta.chunks += len(rows)
+            lexical.index_document(conn, c.id, c.table, doc_row, delta)
             return "created" if inserted else "updated"
+
+    @staticmethod
+    def _unindex(conn: Conn, c: _Collection, doc_row: int) -> lexical.Delta:
+        """Delete a document's chunks and their postings; what the counters lose."""
+        delta = lexical.unindex_document(conn, c.id, doc_row)
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE document_id = %s").format(c.table), (doc_row,)
+        )
+        delta.chunks -= cur.rowcount
+        return delta
 
     def get_document_hash(self, collection: str, document_id: str) -> str | None:
         check_document_id(document_id)
@@ -421,11 +431,13 @@ class PostgresStore(SearchByRefs):
         with self._conn() as conn:
             c = self._collection(conn, collection)
             row = conn.execute(
-                "DELETE FROM documents WHERE collection_id = %s AND doc_id = %s RETURNING id",
+                "SELECT id FROM documents WHERE collection_id = %s AND doc_id = %s FOR UPDATE",
                 (c.id, document_id),
             ).fetchone()
             if row is None:
                 raise DocumentNotFound(f"document {document_id!r} not in {collection!r}")
+            lexical.apply(conn, c.id, self._unindex(conn, c, int(row[0])))
+            conn.execute("DELETE FROM documents WHERE id = %s", (row[0],))
 
     def export_documents(self, collection: str) -> Iterator[tuple[StoredDocument, Vectors]]:
         """Every document of ``collection`` with its chunks and their vectors, by document id."""
@@ -511,36 +523,26 @@ class PostgresStore(SearchByRefs):
         words = query_words(check_query_text(query_text))
         node = coerce_filter(filter)
         with self._conn() as conn:
+            # One snapshot for the counters, the postings and the chunks rescored.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             c = self._collection(conn, collection)
             if not words:
                 return []
-            params: list[object] = [words]
-            where: sql.Composable = sql.SQL("")
-            if node is not None:
-                where = sql.SQL("AND {}").format(sql.SQL(to_sql(node, "d.metadata", params)))
-            params.append(k)
-            rows = conn.execute(
-                sql.SQL(
-                    "WITH q AS (SELECT DISTINCT plainto_tsquery('english', w) AS tq "
-                    "  FROM unnest(%s::text[]) AS w), "
-                    "terms AS (SELECT q.tq, ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) AS idf "
-                    "  FROM q CROSS JOIN (SELECT count(*)::float8 AS n FROM {t}) n "
-                    "  CROSS JOIN LATERAL (SELECT count(*)::float8 AS df FROM {t} x "
-                    "    WHERE x.tsv @@ q.tq) df "
-                    "  WHERE numnode(q.tq) > 0 AND df.df > 0), "
-                    "scored AS (SELECT c.document_id, c.idx, "
-                    "  sum(terms.idf * ts_rank(c.tsv, terms.tq, 1)) AS score "
-                    "  FROM {t} c JOIN terms ON c.tsv @@ terms.tq "
-                    "  JOIN documents d ON d.id = c.document_id WHERE TRUE {where} "
-                    "  GROUP BY c.document_id, c.idx ORDER BY score DESC, c.document_id, c.idx "
-                    "  LIMIT %s) "
-                    "SELECT d.doc_id, s.idx, s.document_id, s.score "
-                    "FROM scored s JOIN documents d ON d.id = s.document_id "
-                    "ORDER BY s.score DESC, s.document_id, s.idx"
-                ).format(t=c.table, where=where),
-                params,
-            ).fetchall()
-            return [_ref(r, float(r[3])) for r in rows]
+            params: list[object] = []
+            where = None if node is None else to_sql(node, "d.metadata", params)
+            top = lexical.bm25_top(
+                lexical.query_stats(conn, c.id, words),
+                k,
+                lexical.read_lists_sql(conn, c.id, where, params),
+                lexical.read_chunks_sql(conn, c.id, c.table),
+            )
+            doc_ids = dict(
+                conn.execute(
+                    "SELECT id, doc_id FROM documents WHERE id = ANY(%s)",
+                    (list({key[0] for key, _ in top}),),
+                ).fetchall()
+            )
+            return [ChunkRef(key, doc_ids[key[0]], key[1], score) for key, score in top]
 
     def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
         with self._conn() as conn:
