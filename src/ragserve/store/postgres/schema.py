@@ -20,10 +20,10 @@ Version 2 adds ``collection_options (collection_id -> collections ON DELETE CASC
 jsonb)``: a collection's own defaults (its fusion).
 
 Version 3 (BM25 at index speed: :mod:`.lexical`) adds ``postings`` (LIST-partitioned like
-``chunks``: ``postings_<id>`` rows ``(collection_id, document_id, idx, term, tf, dl, w)``, indexes
-``(term, w DESC, document_id, idx) INCLUDE (tf, dl)`` and ``(document_id)``),
-``lexical_terms (collection_id, term, df)`` and ``lexical_stats (collection_id, chunks, tokens,
-min_avgdl)``, fills them from the chunks of every existing
+``chunks``: ``postings_<id>`` rows ``(collection_id, document_id, idx, term, tf, dl)``, indexes
+``(term) INCLUDE (document_id, idx, tf, dl)`` and ``(document_id)``),
+``lexical_terms (collection_id, term, df)`` and ``lexical_stats (collection_id, chunks,
+tokens)``, fills them from the chunks of every existing
 collection, and drops the GIN index on ``tsv`` (searches no longer use it).
 
 Each partition gets its own HNSW index on ``(embedding::vector(<dimension>))`` with
@@ -51,8 +51,7 @@ def _postings(conn: psycopg.Connection[Any]) -> None:
         CREATE TABLE lexical_stats (
             collection_id integer PRIMARY KEY REFERENCES collections (id) ON DELETE CASCADE,
             chunks bigint NOT NULL,
-            tokens bigint NOT NULL,
-            min_avgdl double precision
+            tokens bigint NOT NULL
         );
         CREATE TABLE lexical_terms (
             collection_id integer NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
@@ -66,10 +65,9 @@ def _postings(conn: psycopg.Connection[Any]) -> None:
             idx integer NOT NULL,
             term text NOT NULL,
             tf integer NOT NULL,
-            dl integer NOT NULL,
-            w real NOT NULL
+            dl integer NOT NULL
         ) PARTITION BY LIST (collection_id);
-        CREATE INDEX postings_term ON postings (term, w DESC, document_id, idx) INCLUDE (tf, dl);
+        CREATE INDEX postings_term ON postings (term) INCLUDE (document_id, idx, tf, dl);
         CREATE INDEX postings_document ON postings (document_id);
         DROP INDEX IF EXISTS chunks_tsv;
         """

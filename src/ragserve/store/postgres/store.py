@@ -17,9 +17,8 @@ the index returns fewer than ``k`` hits, so filters never under-return.
 Lexical search: BM25 (:mod:`.lexical`) over the terms of a generated ``tsvector`` (``english``
 configuration: stemming, stop words). Each chunk's terms are written to the collection's
 postings partition, and its term and length counts to ``lexical_terms`` / ``lexical_stats``, in
-the chunk's own transaction; a search reads each query term's best postings from an index and
-proves its top k exact before answering (deeper reads otherwise), so it does not rank every
-chunk that holds a query word.
+the chunk's own transaction; a search sums BM25 from the postings alone (index-only scans), with
+the statistics read from the counters instead of counted.
 
 Errors: connection failures and pool timeouts become :class:`~ragserve.errors.Unavailable`
 (HTTP 503); the pool checks connections before handing them out, so after a server restart the
@@ -523,26 +522,13 @@ class PostgresStore(SearchByRefs):
         words = query_words(check_query_text(query_text))
         node = coerce_filter(filter)
         with self._conn() as conn:
-            # One snapshot for the counters, the postings and the chunks rescored.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             c = self._collection(conn, collection)
             if not words:
                 return []
             params: list[object] = []
             where = None if node is None else to_sql(node, "d.metadata", params)
-            top = lexical.bm25_top(
-                lexical.query_stats(conn, c.id, words),
-                k,
-                lexical.read_lists_sql(conn, c.id, where, params),
-                lexical.read_chunks_sql(conn, c.id, c.table),
-            )
-            doc_ids = dict(
-                conn.execute(
-                    "SELECT id, doc_id FROM documents WHERE id = ANY(%s)",
-                    (list({key[0] for key, _ in top}),),
-                ).fetchall()
-            )
-            return [ChunkRef(key, doc_ids[key[0]], key[1], score) for key, score in top]
+            rows = lexical.search(conn, c.id, words, k, where, params)
+            return [_ref(r, float(r[3])) for r in rows]
 
     def hydrate(self, collection: str, refs: Sequence[ChunkRef]) -> list[ScoredChunk]:
         with self._conn() as conn:
