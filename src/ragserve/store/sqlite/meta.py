@@ -381,8 +381,12 @@ class MetadataKeeper:
         while batch := docs.fetchmany(10_000):
             for row, meta in batch:
                 index.put(int(row), json.loads(meta), empty, empty)
+        # Through the documents: (document_id, idx) is a unique index holding the rowid, so
+        # this reads that index, not the chunks' rows (text and vectors: 2.2 GB at 1M chunks).
         rows = self._conn.execute(
-            "SELECT id, document_id FROM chunks WHERE collection_id = ?", (cid,)
+            "SELECT c.id, c.document_id FROM documents d JOIN chunks c ON c.document_id = d.id "
+            "WHERE d.collection_id = ?",
+            (cid,),
         ).fetchall()
         if rows:
             pairs = np.array(rows, dtype=np.int64)
