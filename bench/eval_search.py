@@ -147,7 +147,7 @@ def main() -> None:
         "rerank_max_length": settings.rerank_max_length,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp), exact_search_below=settings.exact_search_threshold)
+        store = SqliteStore(Path(tmp), exact_search_below=settings.exact_search_below)
         store.create_collection("scifact", embedder.name, embedder.dimension)
         t = time.perf_counter()
         for i, (doc_id, title, _text) in enumerate(docs):

@@ -21,7 +21,6 @@ from ragserve.models.remote import ModelClient, RemoteEmbedder
 from ragserve.roles import check_remote_models, no_store
 from ragserve.service import RetrievalService
 from ragserve.store.base import CollectionInfo
-from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Document
 from tests.fakes import (
     FAKE_EMBEDDER,
@@ -280,19 +279,3 @@ def test_ingest_fails_per_document_when_the_tokenizing_server_is_down_and_recove
             r = api.post("/v1/collections/c/documents", json=body)
             assert r.status_code == 200
             assert [x["status"] for x in r.json()["results"]] == ["created"] * 3
-
-
-def test_a_process_whose_embedder_is_remote_scans_exactly_up_to_20000_chunks(
-    tmp_path: Path,
-) -> None:
-    """No model here to evict the matrix from the cache, and faiss + a graph cost more memory
-    than the matrix: the default threshold moves; an explicit setting still wins."""
-
-    def threshold(**overrides: Any) -> int:
-        store = SqliteStore.from_settings(make_settings(tmp_path, **overrides))
-        store.close()
-        return store.exact_search_below
-
-    assert threshold() == 5_000
-    assert threshold(embedder_url="http://models.test") == 20_000
-    assert threshold(embedder_url="http://models.test", exact_search_below=0) == 0

@@ -15,14 +15,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Default ``exact_search_below`` where the embedder runs in the process (its inference evicts
-#: the matrix from the CPU cache between queries, so a graph walk wins from here on).
-EXACT_SEARCH_BELOW = 5_000
-#: Default ``exact_search_below`` where it runs on a model server (``RAGSERVE_EMBEDDER_URL``):
-#: the scan stays in the cache, and the matrix (1.5 KB a 384-d chunk) holds less than faiss
-#: (13 MB resident once imported) and an HNSW graph over the same vectors.
-REMOTE_EXACT_SEARCH_BELOW = 20_000
-
 
 def _default_cache_root() -> Path:
     return Path.home() / ".cache" / "ragserve"
@@ -263,14 +255,12 @@ class Settings(BaseSettings):
         "of the memory: ~0.6 KB per 384-d chunk instead of ~1.7 KB; candidates are rescored "
         "with the float32 vectors kept in SQLite; docs/store.md has the recall of each).",
     )
-    exact_search_below: int | None = Field(
-        default=None,
+    exact_search_below: int = Field(
+        default=5_000,
         ge=0,
         description="Embedded store: collections with fewer chunks use exact dense search, "
-        "larger ones an HNSW index. Unset: 5,000 (where the model runs in the process, it "
-        "evicts the matrix from the cache: 1.37 ms vs 0.49 ms at 10k chunks, k=100; SciFact "
-        "hybrid nDCG@10 the same), 20,000 when `RAGSERVE_EMBEDDER_URL` is set (no model here; "
-        "the matrix costs less memory than faiss and the graph: docs/deployment.md).",
+        "larger ones an HNSW index (in a serving process the scan misses the cache: 1.37 ms "
+        "vs 0.49 ms at 10k chunks, k=100; SciFact hybrid nDCG@10 the same).",
     )
 
     # --- chunking ----------------------------------------------------------------------------
@@ -416,13 +406,6 @@ class Settings(BaseSettings):
     @property
     def effective_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
-
-    @property
-    def exact_search_threshold(self) -> int:
-        """``exact_search_below``, or its default for where the embedder runs."""
-        if self.exact_search_below is not None:
-            return self.exact_search_below
-        return REMOTE_EXACT_SEARCH_BELOW if self.embedder_url else EXACT_SEARCH_BELOW
 
     @property
     def embedder_runs(self) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from ragserve.errors import CollectionNotFound, Unavailable
 from ragserve.store.sqlite.ann import AnnParams
-from ragserve.store.sqlite.store import READER_CACHE_KIB, SqliteStore, fts_query
+from ragserve.store.sqlite.store import SqliteStore, fts_query
 from ragserve.types import Chunk, Document
 from tests.fakes import crash, random_unit
 
@@ -312,16 +312,3 @@ def test_a_large_k_gets_a_beam_of_twice_k(tmp_path: Path) -> None:
     found = sum(len(set(ids(store, q, 100)) & set(exact_ids(vectors, q, k=100))) for q in queries)
     store.close()
     assert found / (100 * len(queries)) >= 0.95
-
-
-def test_reader_connections_keep_a_small_page_cache_and_the_writer_the_default(
-    tmp_path: Path,
-) -> None:
-    """One reader per thread: their caches, not the data, were what grew a serving process."""
-    store = SqliteStore(tmp_path)
-    try:
-        reader = store._reader()
-        assert reader.execute("PRAGMA cache_size").fetchone()[0] == -READER_CACHE_KIB
-        assert store._writer.execute("PRAGMA cache_size").fetchone()[0] == -2000
-    finally:
-        store.close()

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ragserve.config import EXACT_SEARCH_BELOW
 from ragserve.errors import (
     CollectionNotFound,
     Conflict,
@@ -146,11 +145,6 @@ _HIT_SQL = (
     "WHERE c.id IN (SELECT value FROM json_each(?)) AND c.collection_id = ?"
 )
 _VECTOR_SQL = "SELECT id, vector FROM chunks WHERE id IN (SELECT value FROM json_each(?))"
-#: Page cache of each reader connection, in KiB (SQLite's default is 2,000). Readers are one per
-#: thread that ever read, and each filled its 2 MB: an `api` process after 1,300 SciFact
-#: searches held 37 MB more than after the ingest, 19 MB with 256 KiB (the pages come from the
-#: OS's page cache instead: same latency within the noise; docs/deployment.md).
-READER_CACHE_KIB = 256
 #: Candidates an int8 HNSW index returns per hit wanted (at least ``RESCORE_MIN``), rescored
 #: with the float32 vectors in SQLite (docs/store.md: recall against the count).
 RESCORE_FACTOR = 2
@@ -207,7 +201,7 @@ class SqliteStore(SearchByRefs):
         self,
         data_dir: Path,
         *,
-        exact_search_below: int = EXACT_SEARCH_BELOW,
+        exact_search_below: int = 5_000,
         ann_params: ann.AnnParams | None = None,
         synchronous: Literal["NORMAL", "FULL"] = "FULL",
         lexical_index: Literal["tantivy", "fts5"] = "tantivy",
@@ -289,7 +283,7 @@ class SqliteStore(SearchByRefs):
     def from_settings(cls, settings: Settings) -> SqliteStore:
         return cls(
             settings.data_dir,
-            exact_search_below=settings.exact_search_threshold,
+            exact_search_below=settings.exact_search_below,
             lexical_index=settings.lexical_index,
             ann_params=ann.AnnParams(vectors=settings.ann_vectors),
         )
@@ -313,7 +307,6 @@ class SqliteStore(SearchByRefs):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
-            conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             self._local.conn = conn
         return conn
 
