@@ -230,8 +230,8 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "models"] = Field(
         default="all",
         description="What `serve` runs: `all` (store + models), `api` (store; models remote when "
-        "their URLs are set) or `models` (only `/v1/embeddings`, `/v1/rerank`, health and "
-        "metrics; opens no store).",
+        "their URLs are set) or `models` (only `/v1/embeddings`, `/v1/tokenize`, `/v1/rerank`, "
+        "health and metrics; opens no store).",
     )
 
     # --- store -------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ CASES: dict[str, Case] = {
     "search": Case("POST", "/v1/collections/{c}/search", "read", json={"query": "cats"}),
     "create_embeddings": Case("POST", "/v1/embeddings", "read", "own", json={"input": "x"}),
     "rerank": Case("POST", "/v1/rerank", "read", "own", json={"query": "q", "documents": ["d"]}),
+    "tokenize": Case("POST", "/v1/tokenize", "read", "own", json={"input": "x"}),
     "create_key": Case("POST", "/v1/keys", "admin", "all", json={"name": "k"}),
     "list_keys": Case("GET", "/v1/keys", "admin", "all"),
     "revoke_key": Case("DELETE", "/v1/keys/000000000000", "admin", "all"),

@@ -72,6 +72,7 @@ RULES: dict[str, Rule] = {
     "search": Rule(Role.READ, _path),
     "create_embeddings": Rule(Role.READ, own=True),
     "rerank": Rule(Role.READ, own=True),
+    "tokenize": Rule(Role.READ, own=True),
     "list_jobs": Rule(Role.READ, own=True),
     "get_job": Rule(Role.READ, _job),
     "cancel_job": Rule(Role.WRITE, _job),

@@ -124,6 +124,11 @@ def embeddings(
     return Call("POST", "/v1/embeddings", model(s.EmbeddingsOut), json=body)
 
 
+def tokenize(input: str | Sequence[str], *, model_name: str | None) -> Call[s.TokenizeOut]:
+    body = drop_none(input=input if isinstance(input, str) else list(input), model=model_name)
+    return Call("POST", "/v1/tokenize", model(s.TokenizeOut), json=body)
+
+
 def rerank(
     query: str,
     documents: Sequence[str],

@@ -220,6 +220,12 @@ class AsyncClient:
             )
         )
 
+    async def tokenize(
+        self, input: str | Sequence[str], *, model: str | None = None
+    ) -> s.TokenizeOut:
+        """``POST /v1/tokenize``: each input's token offsets (base64 int32 pairs)."""
+        return await self.send(r.tokenize(input, model_name=model))
+
     async def rerank(
         self,
         query: str,

@@ -216,6 +216,10 @@ class Client:
             )
         )
 
+    def tokenize(self, input: str | Sequence[str], *, model: str | None = None) -> s.TokenizeOut:
+        """``POST /v1/tokenize``: each input's token offsets (base64 int32 pairs)."""
+        return self.send(r.tokenize(input, model_name=model))
+
     def rerank(
         self,
         query: str,
