@@ -12,7 +12,6 @@ from ragserve.context import ExpandSpec, expand, merge
 from ragserve.errors import InvalidInput
 from ragserve.highlight import (
     HighlightSpec,
-    _candidate_runs,
     _surface_prefix,
     _tokens,
     highlight,
@@ -73,15 +72,27 @@ def test_matches_agree_with_the_whole_text_on_random_texts() -> None:
         assert matches(text, terms) == _tokens(text, terms, 0), text
 
 
-def test_matches_skip_texts_without_candidates_and_tokenize_only_candidate_runs() -> None:
-    terms = query_terms("memory safety")
-    assert _candidate_runs("Nothing to see here at all.", terms) == []
+def test_matches_stem_ascii_words_alone_and_tokenize_only_non_ascii_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    terms = query_terms("memory safety caf\u00e9")
+    analyzed: list[str] = []
+
+    def tokens(text: str, terms: frozenset[str], shift: int) -> list[tuple[int, int, str]]:
+        analyzed.append(text)
+        return _tokens(text, terms, shift)
+
+    monkeypatch.setattr("ragserve.highlight._tokens", tokens)
+    assert matches("Nothing to see here at all.", terms) == []
     text = "Some MEMORY, then unsafe things; safety-first."
-    assert [text[lo:hi] for lo, hi in _candidate_runs(text, terms) or []] == [
-        "MEMORY,",
-        "safety-first.",
-    ]  # "unsafe": saf inside a word is no token start
+    # "unsafe": saf inside a word is no token start
     assert [text[s:e] for s, e, _ in matches(text, terms)] == ["MEMORY", "safety"]
+    assert analyzed == []  # ASCII words are stemmed one by one (and cached)
+    text = "A caf\u00e9-safety note, safety (na\u00efve) and memory."
+    assert [text[s:e] for s, e, _ in matches(text, terms)] == [
+        "caf\u00e9", "safety", "safety", "memory",
+    ]  # fmt: skip
+    assert analyzed == ["caf\u00e9-safety\n(na\u00efve)"]  # the two non-ASCII runs, joined
 
 
 def test_the_best_window_holds_the_most_distinct_terms() -> None:
@@ -164,29 +175,50 @@ def test_merge_without_offsets_joins_texts() -> None:
     assert (text, start) == ("one\ntwo", -1)
 
 
+def around(got: dict[str, object] | None, window: list[Chunk], hit: int) -> str:
+    """The context's whole text: before + the hit's text + after."""
+    assert got is not None
+    return f"{got['before']}{window[hit].text}{got['after']}"
+
+
 def test_neighbours_alternate_and_respect_the_budget() -> None:
     window = chunks_of(BOUNDS, HEADS)
-    got = expand(3, window, ExpandSpec(neighbors=2))
+    got = expand(3, window[3].text, window, ExpandSpec(neighbors=2))
     assert got is not None and (got["first_chunk"], got["last_chunk"]) == (1, 5)
-    assert got["text"] == DOC[BOUNDS[1][0] : BOUNDS[5][1]] and not got["truncated"]
+    assert around(got, window, 3) == DOC[BOUNDS[1][0] : BOUNDS[5][1]] and not got["truncated"]
+    assert got["before"] == DOC[BOUNDS[1][0] : BOUNDS[3][0]]  # no repeat of the hit's text
+    assert got["after"] == DOC[BOUNDS[3][1] : BOUNDS[5][1]]
     # "End of A. Part" is 4 tokens; "More of A." adds 3, "Part B now." 2 of its 3 (overlap).
-    small = expand(3, window, ExpandSpec(neighbors=2, max_tokens=7))
+    small = expand(3, window[3].text, window, ExpandSpec(neighbors=2, max_tokens=7))
     assert small is not None and (small["first_chunk"], small["last_chunk"]) == (2, 3)
     assert small["tokens"] == 7 and small["truncated"]
-    alone = expand(3, window, ExpandSpec(neighbors=2, max_tokens=1))
-    assert alone is not None and alone["text"] == "End of A. Part" and alone["truncated"]
-    assert expand(9, window, ExpandSpec(neighbors=1)) is None  # the hit's chunk is gone
+    alone = expand(3, window[3].text, window, ExpandSpec(neighbors=2, max_tokens=1))
+    assert alone is not None and (alone["before"], alone["after"]) == ("", "")
+    assert (alone["start"], alone["end"]) == BOUNDS[3] and alone["truncated"]
+    assert expand(9, "x", window, ExpandSpec(neighbors=1)) is None  # the hit's chunk is gone
+    # The document was replaced since the search: the chunk at that index has another text.
+    assert expand(3, "End of B.", window, ExpandSpec(neighbors=1)) is None
+
+
+def test_context_without_offsets_joins_the_texts_around_the_hit() -> None:
+    window = [Chunk("d", i, t) for i, t in enumerate(["one", "two", "three"])]
+    got = expand(1, "two", window, ExpandSpec(neighbors=1))
+    assert got is not None and (got["before"], got["after"]) == ("one\n", "\nthree")
+    assert (got["start"], got["end"]) == (-1, -1)
+    assert around(got, window, 1) == merge(window)[0]
+    edge = expand(0, "one", window, ExpandSpec(neighbors=1))
+    assert edge is not None and (edge["before"], edge["after"]) == ("", "\ntwo")
 
 
 def test_section_stops_at_a_heading_change() -> None:
     window = chunks_of(BOUNDS, HEADS)
-    got = expand(2, window, ExpandSpec(section=True))
+    got = expand(2, window[2].text, window, ExpandSpec(section=True))
     assert got is not None and (got["first_chunk"], got["last_chunk"]) == (1, 3)
-    got = expand(5, window, ExpandSpec(section=True, neighbors=1))
+    got = expand(5, window[5].text, window, ExpandSpec(section=True, neighbors=1))
     assert got is not None and (got["first_chunk"], got["last_chunk"]) == (4, 6)
     flat = chunks_of(BOUNDS, [[]] * len(BOUNDS))  # no headings: the document is one section
-    got = expand(0, flat, ExpandSpec(section=True))
-    assert got is not None and got["text"] == DOC
+    got = expand(0, flat[0].text, flat, ExpandSpec(section=True))
+    assert around(got, flat, 0) == DOC
 
 
 @pytest.mark.parametrize(

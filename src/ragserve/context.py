@@ -10,9 +10,13 @@ Merging. Each chunk is the source span ``text[start:end]`` of its document, and 
 chunks overlap by the chunker's overlap: the merged text takes each character once, so it is
 exactly the document's span from the first chunk's start to the last one's end (the gaps
 between chunks the chunker skipped, whitespace, are filled with as many spaces or newlines).
-Offsets in the result are document offsets. Tokens are counted from each chunk's stored
-count (``metadata["tokens"]``, the collection's embedder; about a quarter of the characters for
-chunks stored without it), the overlap taken off pro rata.
+Offsets in the result are document offsets.
+
+The result does not repeat the hit's own text: it gives what comes ``before`` and ``after`` it,
+so the context is ``before + hit text + after`` (with offsets: the document's text from
+``start`` to ``end``; without: the chunks joined by newlines). Tokens are counted from each
+chunk's stored count (``metadata["tokens"]``, the collection's embedder; about a quarter of the
+characters for chunks stored without it), the overlap taken off pro rata.
 """
 
 from __future__ import annotations
@@ -103,13 +107,15 @@ def _new_tokens(chunk: Chunk, covered: tuple[int, int], with_offsets: bool) -> i
     return round(tokens * (len(chunk.text) - shared) / len(chunk.text))
 
 
-def expand(hit: int, window: Sequence[Chunk], spec: ExpandSpec) -> JSONDict | None:
-    """The context of chunk ``hit`` from ``window`` (its document's chunks around it, in
-    order): ``{"text", "start", "end", "first_chunk", "last_chunk", "tokens", "truncated"}``.
-    None if the hit's chunk is not in ``window`` any more (its document changed)."""
+def expand(hit: int, text: str, window: Sequence[Chunk], spec: ExpandSpec) -> JSONDict | None:
+    """The context of chunk ``hit`` (whose text is ``text``) from ``window`` (its document's
+    chunks around it, in order): ``{"before", "after", "start", "end", "first_chunk",
+    "last_chunk", "tokens", "truncated"}``, the context being ``before + text + after``.
+    None if the hit's chunk is not in ``window`` with that text any more (its document
+    changed)."""
     by_index = {c.index: c for c in window}
     center = by_index.get(hit)
-    if center is None:
+    if center is None or center.text != text:
         return None
     with_offsets = _has_offsets(window)
     headings = center.metadata.get("headings")
@@ -138,9 +144,16 @@ def expand(hit: int, window: Sequence[Chunk], spec: ExpandSpec) -> JSONDict | No
             lo, hi = min(lo, index), max(hi, index)
             covered = (min(covered[0], chunk.start), max(covered[1], chunk.end))
         step += 1
-    text, start, end = merge([by_index[i] for i in range(lo, hi + 1)])
+    chosen = [by_index[i] for i in range(lo, hi + 1)]
+    merged, start, end = merge(chosen)
+    if start >= 0:  # the document's span: cut around the hit's own
+        before, after = merged[: center.start - start], merged[center.end - start :]
+    else:  # joined by newlines
+        before = "".join(c.text + "\n" for c in chosen[: hit - lo])
+        after = "".join("\n" + c.text for c in chosen[hit - lo + 1 :])
     return {
-        "text": text,
+        "before": before,
+        "after": after,
         "start": start,
         "end": end,
         "first_chunk": lo,

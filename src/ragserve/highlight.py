@@ -39,6 +39,7 @@ _local = threading.local()
 _ASCII_ALNUM = frozenset(string.ascii_lowercase + string.digits)
 _NON_ASCII = re.compile(r"[^\x00-\x7f\s]+")
 _RUN = re.compile(r"\S*")
+_WORD = re.compile(r"[a-z0-9]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +84,73 @@ def query_terms(query: str) -> frozenset[str]:
 def matches(text: str, terms: frozenset[str]) -> list[tuple[int, int, str]]:
     """(start, end, term) of every token of ``text`` whose stem is one of ``terms``.
 
-    Only the words that could stem to a term are tokenized (see :func:`_candidate_runs`):
-    the same tokens as tokenizing all of ``text``, at a fraction of the cost."""
+    Only the words that could stem to a term are looked at: those starting with a term's
+    surface prefix (:func:`_surface_prefix`) at a word start. An ASCII word is stemmed alone
+    (:func:`_stem`, cached); a whitespace-delimited run holding a character outside ASCII goes
+    to the analyzer whole (accents are folded before stemming, and its tokens' bounds are the
+    analyzer's business). The same tokens as tokenizing all of ``text``, at a fraction of the
+    cost."""
     if not terms:
         return []
-    runs = _candidate_runs(text, terms)
-    if runs is None:
+    low = text.lower()
+    if len(low) != len(text):  # offsets in ``low`` would not be those of ``text``
         return _tokens(text, terms, 0)
-    if not runs:
-        return []
+    starts: set[int] = set()
+    for prefix in _prefixes(terms):
+        i = low.find(prefix)
+        while i >= 0:
+            if i == 0 or low[i - 1] not in _ASCII_ALNUM:
+                starts.add(i)
+            i = low.find(prefix, i + 1)
+    runs = [] if text.isascii() else _non_ascii_runs(text)
+    out: list[tuple[int, int, str]] = []
+    if runs:
+        out = _run_tokens(text, runs, terms)
+        starts = {i for i in starts if not any(lo <= i < hi for lo, hi in runs)}
+    for i in starts:
+        j = _WORD.match(low, i).end()  # type: ignore[union-attr]
+        term = _stem(low[i:j])
+        if term in terms:
+            out.append((i, j, term))
+    out.sort()
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _stem(word: str) -> str:
+    """The indexed form of one lowercase ASCII word; "" for a stop word (or an empty or
+    overlong one): what the analyzer makes of it."""
+    found = _analyzer().analyze(word)
+    return found[0] if found else ""
+
+
+def _non_ascii_runs(text: str) -> list[tuple[int, int]]:
+    """The whitespace-delimited runs of ``text`` holding a character outside ASCII, in order."""
+    runs: list[tuple[int, int]] = []
+    end = -1
+    for m in _NON_ASCII.finditer(text):
+        i = m.start()
+        if i < end:
+            continue  # in the run just taken
+        lo = i
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        end = _RUN.match(text, i).end()  # type: ignore[union-attr]
+        runs.append((lo, end))
+    return runs
+
+
+def _run_tokens(
+    text: str, runs: list[tuple[int, int]], terms: frozenset[str]
+) -> list[tuple[int, int, str]]:
+    """The matches inside ``runs`` (whitespace-delimited, in order), in one analyzer call:
+    the runs joined by newlines (never inside a token), each token mapped back to its run."""
     if len(runs) == 1:
         return _tokens(text[runs[0][0] : runs[0][1]], terms, runs[0][0])
-    # One analyzer call for all the runs: joined by newlines (never inside a token), each
-    # token mapped back to its run by its offset in the joined text.
     joined = "\n".join(text[lo:hi] for lo, hi in runs)
-    found = _tokens(joined, terms, 0)
     out: list[tuple[int, int, str]] = []
     k = at = 0  # the run a token is in, and where that run starts in ``joined``
-    for s, e, term in found:
+    for s, e, term in _tokens(joined, terms, 0):
         while s >= at + runs[k][1] - runs[k][0] + 1:
             at += runs[k][1] - runs[k][0] + 1
             k += 1
@@ -136,40 +186,6 @@ def _surface_prefix(term: str) -> str:
 @functools.lru_cache(maxsize=256)
 def _prefixes(terms: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted({_surface_prefix(t) for t in terms}))
-
-
-def _candidate_runs(text: str, terms: frozenset[str]) -> list[tuple[int, int]] | None:
-    """The whitespace-delimited runs of ``text`` that may hold a token stemming to one of
-    ``terms``, in order: those with a word starting with a term's surface prefix (any
-    case), and those with a character outside ASCII (accents are folded before stemming).
-    Tokens never cross whitespace, so tokenizing these runs alone finds the same matches.
-    None when lowercasing changes ``text``'s length (offsets would not line up)."""
-    low = text.lower()
-    if len(low) != len(text):
-        return None
-    starts: list[int] = []
-    for prefix in _prefixes(terms):
-        i = low.find(prefix)
-        while i >= 0:
-            if i == 0 or low[i - 1] not in _ASCII_ALNUM:
-                starts.append(i)
-            i = low.find(prefix, i + 1)
-    if not text.isascii():
-        starts.extend(m.start() for m in _NON_ASCII.finditer(text))
-    if not starts:
-        return []
-    starts.sort()
-    runs: list[tuple[int, int]] = []
-    end = -1
-    for i in starts:
-        if i < end:
-            continue  # in the run just taken
-        lo = i
-        while lo > 0 and not text[lo - 1].isspace():
-            lo -= 1
-        end = _RUN.match(text, i).end()  # type: ignore[union-attr]
-        runs.append((lo, end))
-    return runs
 
 
 def _best_window(found: list[tuple[int, int, str]], max_chars: int) -> tuple[int, int]:

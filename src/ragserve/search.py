@@ -14,9 +14,10 @@ keep their order below them. Figures in ``docs/store.md`` ("Fusion").
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -407,38 +408,45 @@ class Searcher:
 
         end = req.offset + req.top_k
         page = self._present(collection, candidates[req.offset : end], chunks)
+        stored = [chunks[c.chunk.chunk_id] for c in page]
+        highlights: list[list[JSONDict] | None] = [None] * len(page)
+        if req.highlight is not None:
+            t = time.perf_counter()
+            terms = query_terms(req.query)
+            highlights = [highlight(sc.text, terms, req.highlight) for sc in stored]
+            timings["highlight"] = _ms(t)
+        contexts: list[JSONDict | None] = [None] * len(page)
+        if req.expand is not None and page:
+            t = time.perf_counter()
+            spec_e = req.expand
+            windows = self.store.chunk_windows(
+                collection,
+                [(c.chunk.document_id, *spec_e.window(c.chunk.chunk_index)) for c in page],
+            )
+            contexts = [
+                expand(c.chunk.chunk_index, sc.text, w, spec_e)
+                for c, sc, w in zip(page, stored, windows, strict=True)
+            ]
+            timings["expand"] = _ms(t)
         hits = [
             SearchHit(
                 document_id=c.chunk.document_id,
                 chunk_id=c.chunk.chunk_id,
                 chunk_index=c.chunk.chunk_index,
-                text=chunks[c.chunk.chunk_id].text,
+                text=sc.text,
                 score=float(c.score),
                 rank=rank,
-                metadata=chunks[c.chunk.chunk_id].metadata,
-                chunk_metadata=chunks[c.chunk.chunk_id].chunk_metadata,
+                metadata=sc.metadata,
+                chunk_metadata=sc.chunk_metadata,
                 scores=dict(c.scores),
                 explain=_explain_hit(c, ranks) if req.explain else None,
+                highlights=hl,
+                context=ctx,
             )
-            for rank, c in enumerate(page, start=req.offset + 1)
+            for rank, c, sc, hl, ctx in zip(
+                itertools.count(req.offset + 1), page, stored, highlights, contexts
+            )
         ]
-        if req.highlight is not None:
-            t = time.perf_counter()
-            terms = query_terms(req.query)
-            spec_h = req.highlight
-            hits = [replace(h, highlights=highlight(h.text, terms, spec_h)) for h in hits]
-            timings["highlight"] = _ms(t)
-        if req.expand is not None and hits:
-            t = time.perf_counter()
-            spec_e = req.expand
-            windows = self.store.chunk_windows(
-                collection, [(h.document_id, *spec_e.window(h.chunk_index)) for h in hits]
-            )
-            hits = [
-                replace(h, context=expand(h.chunk_index, w, spec_e))
-                for h, w in zip(hits, windows, strict=True)
-            ]
-            timings["expand"] = _ms(t)
         explain: JSONDict | None = None
         if req.explain:
             explain = {

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from ragserve.api.schemas import SearchOut
 from tests.api.test_search_fusion import DOCS as FUSION_DOCS
 from tests.fakes import error_of, make_service, make_settings, ready_client
 
@@ -113,9 +114,17 @@ def test_expand_merges_neighbours_within_the_budget(client: TestClient) -> None:
     chunks = {c["index"]: c for c in doc["chunks"]}
     i = int(hit["chunk_id"].split("#")[1])
     body = {"query": "topic20", "mode": "lexical", "top_k": 1, "expand": {"neighbors": 1}}
-    ctx = search(client, body)["results"][0]["context"]
+    out = search(client, body)
+    ctx = out["results"][0]["context"]
     assert (ctx["first_chunk"], ctx["last_chunk"]) == (i - 1, i + 1)
-    assert ctx["text"] == LONG[chunks[i - 1]["start"] : chunks[i + 1]["end"]]
+    (typed,) = SearchOut.model_validate(out).results  # what the Python client returns
+    assert typed.context_text() == LONG[chunks[i - 1]["start"] : chunks[i + 1]["end"]]
+    assert typed.model_copy(update={"context": None}).context_text() == hit["text"]
+    assert (
+        ctx["before"] + hit["text"] + ctx["after"]
+        == (LONG[chunks[i - 1]["start"] : chunks[i + 1]["end"]])
+    )
+    assert ctx["before"] == LONG[chunks[i - 1]["start"] : chunks[i]["start"]]
     assert not ctx["truncated"]
     tight = {**body, "expand": {"neighbors": 3, "max_tokens": 40}}
     ctx = search(client, tight)["results"][0]["context"]

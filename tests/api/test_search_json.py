@@ -101,7 +101,8 @@ def test_odd_values_come_out_as_the_models_write_them() -> None:
         explain={"rerank": {"rank": 1, "logit": -math.inf}, "dense": {"rank": 2, "score": 1}},
         highlights=[{"start": 0, "end": 1, "text": "x", "matches": [[0, 1]]}],
         context={
-            "text": "x",
+            "before": "w\u00e9\n",
+            "after": "",
             "start": -1,
             "end": -1,
             "first_chunk": 0,

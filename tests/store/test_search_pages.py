@@ -107,5 +107,5 @@ def test_neighbors_merge_to_the_document_span(store: Store) -> None:
     assert hit.chunk_index == 2 and hit.context is not None
     assert (hit.context["first_chunk"], hit.context["last_chunk"]) == (1, 3)
     span = text[chunks[1].start : chunks[3].end]
-    assert hit.context["text"] == span
+    assert hit.context["before"] + hit.text + hit.context["after"] == span
     assert (hit.context["start"], hit.context["end"]) == (chunks[1].start, chunks[3].end)

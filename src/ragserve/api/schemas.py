@@ -274,7 +274,11 @@ class Passage(BaseModel):
 
 
 class Context(BaseModel):
-    text: str = Field(description="The chunks merged, overlaps taken once.")
+    """The hit's neighbouring chunks or section, merged (overlaps taken once), as the text
+    around the hit's own: the context is ``before + text + after`` (``text`` the hit's)."""
+
+    before: str = Field(description="The merged text before the hit's text.")
+    after: str = Field(description="The merged text after the hit's text.")
     start: int = Field(description="Offset in the document (-1 when unknown).")
     end: int
     first_chunk: int
@@ -292,7 +296,16 @@ class SearchHit(BaseModel):
     metadata: dict[str, Any]
     explain: HitExplain | None = Field(default=None, description='With "explain".')
     highlights: list[Passage] | None = Field(default=None, description='With "highlight".')
-    context: Context | None = Field(default=None, description='With "expand".')
+    context: Context | None = Field(
+        default=None,
+        description='With "expand": the text around this hit (before + text + after).',
+    )
+
+    def context_text(self) -> str:
+        """The hit's text with its context around it (``text`` alone without ``expand``)."""
+        if self.context is None:
+            return self.text
+        return self.context.before + self.text + self.context.after
 
 
 class LegDepth(BaseModel):

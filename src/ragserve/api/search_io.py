@@ -97,7 +97,8 @@ def _hit(h: SearchHit) -> dict[str, object]:
     if h.context is not None:
         c = h.context
         hit["context"] = {
-            "text": c["text"],
+            "before": c["before"],
+            "after": c["after"],
             "start": c["start"],
             "end": c["end"],
             "first_chunk": c["first_chunk"],
