@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 import threading
+import unicodedata
 
 import pytest
 
 from ragserve.context import ExpandSpec, expand, merge
 from ragserve.errors import InvalidInput
 from ragserve.highlight import (
+    _SEPARATOR_CATEGORIES,
     HighlightSpec,
+    _analyzer,
     _surface_prefix,
     _tokens,
     highlight,
@@ -93,6 +97,21 @@ def test_matches_stem_ascii_words_alone_and_tokenize_only_non_ascii_runs(
         "caf\u00e9", "safety", "safety", "memory",
     ]  # fmt: skip
     assert analyzed == ["caf\u00e9-safety\n(na\u00efve)"]  # the two non-ASCII runs, joined
+
+
+def test_every_separator_character_splits_tokens_as_a_space_does() -> None:
+    """What lets an ASCII word next to such a character skip the analyzer (``_separator``)."""
+    chars = [
+        chr(c)
+        for c in range(0x80, sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) in _SEPARATOR_CATEGORIES
+    ]
+    assert len(chars) > 1500 and all(c.lower() == c for c in chars)
+    text = " ".join(f"qq{c}zz" for c in chars)
+    assert [t.text for t in _analyzer().pre_tokenize(text).tokens] == ["qq", "zz"] * len(chars)
+    mixed = "p\u22650.05 \u00b1cell\u2013cells \u03b1-cell cell\u00b2 \u2460cell"
+    terms = query_terms("cell p 05")
+    assert matches(mixed, terms) == _tokens(mixed, terms, 0)
 
 
 def test_the_best_window_holds_the_most_distinct_terms() -> None:

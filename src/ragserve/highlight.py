@@ -23,6 +23,7 @@ import functools
 import re
 import string
 import threading
+import unicodedata
 from dataclasses import dataclass
 
 import tantivy
@@ -37,7 +38,15 @@ MAX_PASSAGE_CHARS = 2000
 _SENTENCE_START = re.compile(r"(?:[.!?\u2026][\"')\]]*\s+|\n\s*)")
 _local = threading.local()
 _ASCII_ALNUM = frozenset(string.ascii_lowercase + string.digits)
-_NON_ASCII = re.compile(r"[^\x00-\x7f\s]+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f\s]")
+#: Unicode categories that are never part of a token (the tokenizer splits on anything not
+#: alphanumeric), so an ASCII word next to one ends there as it would at a space: punctuation,
+#: math, currency and modifier symbols, space separators (tests/test_passages.py checks every
+#: such character against the analyzer). Other characters (letters, marks, digits, other
+#: symbols) may be part of a token, which the analyzer folds and bounds.
+_SEPARATOR_CATEGORIES = frozenset(
+    {"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "Zs"}
+)
 _RUN = re.compile(r"\S*")
 _WORD = re.compile(r"[a-z0-9]*")
 
@@ -86,8 +95,9 @@ def matches(text: str, terms: frozenset[str]) -> list[tuple[int, int, str]]:
 
     Only the words that could stem to a term are looked at: those starting with a term's
     surface prefix (:func:`_surface_prefix`) at a word start. An ASCII word is stemmed alone
-    (:func:`_stem`, cached); a whitespace-delimited run holding a character outside ASCII goes
-    to the analyzer whole (accents are folded before stemming, and its tokens' bounds are the
+    (:func:`_stem`, cached); a whitespace-delimited run holding a character outside ASCII that
+    may be part of a token (a letter, a mark: not punctuation like an en dash) goes to the
+    analyzer whole (accents are folded before stemming, and its tokens' bounds are the
     analyzer's business). The same tokens as tokenizing all of ``text``, at a fraction of the
     cost."""
     if not terms:
@@ -125,19 +135,25 @@ def _stem(word: str) -> str:
 
 
 def _non_ascii_runs(text: str) -> list[tuple[int, int]]:
-    """The whitespace-delimited runs of ``text`` holding a character outside ASCII, in order."""
+    """The whitespace-delimited runs of ``text`` holding a character outside ASCII that may be
+    part of a token (:data:`_SEPARATOR_CATEGORIES`), in order."""
     runs: list[tuple[int, int]] = []
     end = -1
     for m in _NON_ASCII.finditer(text):
         i = m.start()
-        if i < end:
-            continue  # in the run just taken
+        if i < end or _separator(text[i]):
+            continue  # in the run just taken, or never in a token
         lo = i
         while lo > 0 and not text[lo - 1].isspace():
             lo -= 1
         end = _RUN.match(text, i).end()  # type: ignore[union-attr]
         runs.append((lo, end))
     return runs
+
+
+@functools.lru_cache(maxsize=1024)
+def _separator(char: str) -> bool:
+    return unicodedata.category(char) in _SEPARATOR_CATEGORIES
 
 
 def _run_tokens(
