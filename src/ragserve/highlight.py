@@ -201,7 +201,13 @@ def _surface_prefix(term: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _prefixes(terms: frozenset[str]) -> tuple[str, ...]:
-    return tuple(sorted({_surface_prefix(t) for t in terms}))
+    """The terms' surface prefixes, less those starting with another one (a word starting
+    with ``cell`` starts with ``c`` too: one scan of the text finds both)."""
+    out: list[str] = []
+    for prefix in sorted({_surface_prefix(t) for t in terms}):  # "c" sorts before "cell"
+        if not out or not prefix.startswith(out[-1]):
+            out.append(prefix)
+    return tuple(out)
 
 
 def _best_window(found: list[tuple[int, int, str]], max_chars: int) -> tuple[int, int]:
