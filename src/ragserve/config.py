@@ -156,7 +156,8 @@ class Settings(BaseSettings):
         default=None,
         description="A passage too long for the reranker is cut to its window that holds the "
         "most query tokens, not to its head. Unset: each reranker's own choice (on for the "
-        "students of `models distill-reranker`, trained on such windows; off for the others).",
+        "built-in MS MARCO L-12 and the students of `models distill-reranker`; off for other "
+        "user models unless their entry says so).",
     )
 
     # --- remote models (a model server: ragserve --role models, TEI, Infinity, vLLM) ----------

@@ -322,7 +322,7 @@ def test_students_rerank_windows_unless_the_setting_says_otherwise(tmp_path: Pat
     save_custom(s.custom_models_path, [student])
     assert Catalog.load(s.custom_models_path).get("student").window  # kept in the JSON file
     teacher = next(spec for spec in BUILTIN_MODELS if spec.kind is Kind.RERANKER)
-    assert not teacher.window
+    assert teacher.window  # the built-in L-12 reranks windows too (docs/models.md)
     assert ModelManager.from_settings(s).rerank_window is None
     forced = ModelManager.from_settings(s.model_copy(update={"rerank_window": False}))
     assert forced.rerank_window is False
