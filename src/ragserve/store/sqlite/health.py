@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from ragserve.errors import InsufficientStorage, RagserveError, StoreDamaged, Unavailable
+from ragserve.files import fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,7 @@ def write_clean_stamp(path: Path) -> None:
     wait = max(s[2] for s in states.values()) + STAMP_MARGIN_NS - time.time_ns()
     if wait > 0:
         time.sleep(wait / 1e9)
-    stamp = path.with_name(CLEAN_STAMP)
-    tmp = stamp.with_name(CLEAN_STAMP + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(states, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(stamp)
+    write_atomic(path.with_name(CLEAN_STAMP), json.dumps(states))
 
 
 def take_clean_stamp(path: Path) -> bool:
@@ -131,11 +126,7 @@ def take_clean_stamp(path: Path) -> bool:
     except (OSError, ValueError):
         recorded = None
     stamp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
     return recorded is not None and recorded == _file_states(path)
 
 
