@@ -21,7 +21,7 @@ from typing import Any
 from ragserve.errors import InvalidInput
 from ragserve.evaluation import BeirDataset, drop_identical_ids, per_query
 from ragserve.fusion import METHODS, FusionSpec, parse_fusion_text
-from ragserve.search import MODES, Mode, SearchRequest
+from ragserve.search import MODES, RERANK_TOP_N, Mode, SearchRequest
 from ragserve.service import IngestResult, RetrievalService
 from ragserve.types import Document
 
@@ -33,8 +33,8 @@ class Run:
     rerank: bool = False
     #: Hybrid only; None: the service's default fusion.
     fusion: FusionSpec | None = None
-    #: Candidates the reranker sees (the search's own default: 20).
-    rerank_top_n: int = 20
+    #: Candidates the reranker sees.
+    rerank_top_n: int = RERANK_TOP_N
 
 
 #: The default rows of the table.

@@ -38,6 +38,9 @@ Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 STAGES = ("embed", "dense", "lexical", "fuse", "rerank", "total")
 
+#: Candidates a reranked search gives the cross-encoder unless it says otherwise.
+RERANK_TOP_N = 20
+
 
 @dataclass(frozen=True, slots=True)
 class SearchRequest:
@@ -49,7 +52,7 @@ class SearchRequest:
     filter: Mapping[str, Any] | None = None
     #: Cross-encoder over the top ``rerank_top_n`` candidates (needs a reranker).
     rerank: bool = False
-    rerank_top_n: int = 20
+    rerank_top_n: int = RERANK_TOP_N
     #: One hit per document: its best chunk.
     collapse: bool = False
     #: Candidates per side of a hybrid search (at least ``top_k``). None: 100 with rerank, 50
