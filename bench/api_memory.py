@@ -84,15 +84,12 @@ class _FakeModels(BaseHTTPRequestHandler):
             n = sum(len(t) // 4 for t in texts)
             out: Any = {"data": data, "model": body.get("model"),
                         "usage": {"prompt_tokens": n, "total_tokens": n}}  # fmt: skip
-        elif self.path == "/v1/tokenize":
+        elif self.path == "/v1/tokenize":  # the real route's wire format (api.schemas)
+            from ragserve.api.schemas import TokenizeOut
             from ragserve.models.embedder import token_spans
 
-            data = []
-            for i, text in enumerate(body["input"]):
-                raw = token_spans(self.tokenizer, text).astype("<i4").tobytes()
-                data.append({"index": i, "tokens": len(raw) // 8,
-                             "offsets": base64.b64encode(raw).decode()})  # fmt: skip
-            out = {"object": "list", "data": data, "model": body.get("model")}
+            spans = [token_spans(self.tokenizer, text) for text in body["input"]]
+            out = TokenizeOut.of(body.get("model") or "bge-small-en-v1.5", spans).model_dump()
         elif self.path == "/v1/rerank":
             out = {"results": [{"index": i, "logit": 0.0, "relevance_score": 0.5}
                                for i in range(len(body["documents"]))]}  # fmt: skip
