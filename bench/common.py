@@ -45,6 +45,18 @@ class PresetQueries:
         raise NotImplementedError("query vectors only")
 
 
+def git_revision() -> str:
+    """The checkout's short commit, and whether ``src/`` differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + (" (with uncommitted changes)" if git("status", "--porcelain", "src") else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

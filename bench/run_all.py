@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -40,6 +39,7 @@ from bench.common import (
     OUT,
     ROOT,
     free_port,
+    git_revision,
     loadgen,
     machine,
     median_spread,
@@ -350,16 +350,6 @@ def bench_system(
         log(f"{system.name}: cold start {result['cold_start']}")
     result["load_average_1m"]["end"] = loadavg()
     return result
-
-
-def git_revision() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    return rev + (" (with uncommitted changes)" if git("status", "--porcelain", "src") else "")
 
 
 def check_reference_installed() -> None:
