@@ -63,13 +63,15 @@ class Watch:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        # At least one probe: a file refused at once can finish before this thread first runs.
         with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
+            while True:
                 self.peak_rss = max(self.peak_rss, tree_rss(self.pid))
                 started = time.monotonic()
                 self.statuses.append(client.get("/healthz").status_code)
                 self.health.append(time.monotonic() - started)
-                self._stop.wait(0.05)
+                if self._stop.wait(0.05):
+                    break
 
     def __enter__(self) -> Watch:
         self._thread = threading.Thread(target=self.run, daemon=True)
