@@ -12,9 +12,10 @@ hybrid search (which builds the lexical index) and trimmed again. ``--setting`` 
 
 ``--server`` measures a real ``ragserve serve --role api`` process instead (its model server
 a stdlib HTTP server in this process that answers ragserve's wire the same way, so an ingest
-costs no model time): ``VmRSS`` once ready, right after SciFact is ingested over HTTP (requests
-of 64 documents), 3 s later (the trim), and after hybrid searches (300 at concurrency 1, then
-``--c16-requests`` at 16), with their latency. ``BENCH_SMAPS=FILE`` saves the process's
+costs no model time): ``VmRSS`` (and its anonymous and file-backed parts) once ready, right
+after SciFact is ingested over HTTP (requests of 64 documents), 3 s later (the trim), and
+after hybrid searches (300 at concurrency 1, then ``--c16-requests`` at 16), with their
+latency. ``BENCH_SMAPS=FILE`` saves the process's
 ``/proc/PID/smaps`` after the ingest.
 Prints JSON.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -43,6 +45,7 @@ from bench.common import (
     machine,
     ragserve_command,
     rss_mb,
+    rss_split_mb,
     scifact_docs,
     scifact_test_queries,
     server,
@@ -56,44 +59,54 @@ def _vector(text: str, dimension: int = 384) -> bytes:
     return (v / np.linalg.norm(v)).astype("<f4").tobytes()
 
 
-def _embeddings(request: httpx.Request) -> httpx.Response:
-    body = json.loads(request.content)
-    data = [
-        {"index": i, "embedding": base64.b64encode(_vector(t)).decode()}
-        for i, t in enumerate(body["input"])
-    ]
-    return httpx.Response(200, json={"data": data, "model": body.get("model")})
+def _answer(path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """What a ``--role models`` ragserve answers on ``path`` (None: not found), with
+    hash-seeded unit vectors, zero scores and the tokens of bge-small's own tokenizer."""
+    if path == "/v1/embeddings":
+        texts = body["input"]
+        data = [
+            {"index": i, "embedding": base64.b64encode(_vector(t)).decode()}
+            for i, t in enumerate(texts)
+        ]
+        n = sum(len(t) // 4 for t in texts)
+        return {"data": data, "model": body.get("model"),
+                "usage": {"prompt_tokens": n, "total_tokens": n}}  # fmt: skip
+    if path == "/v1/tokenize":  # the real route's wire format (api.schemas)
+        from ragserve.api.schemas import TokenizeOut
+        from ragserve.models.embedder import token_spans
+
+        spans = [token_spans(_tokenizer(), text) for text in body["input"]]
+        return TokenizeOut.of(body.get("model") or "bge-small-en-v1.5", spans).model_dump()
+    if path == "/v1/rerank":
+        return {"results": [{"index": i, "logit": 0.0, "relevance_score": 0.5}
+                            for i in range(len(body["documents"]))]}  # fmt: skip
+    return None
+
+
+@functools.cache
+def _tokenizer() -> Any:
+    from ragserve.config import Settings
+    from ragserve.models.runtime import load_tokenizer
+
+    return load_tokenizer(Settings().model_dir / "bge-small-en-v1.5" / "tokenizer.json")
+
+
+def _mock(request: httpx.Request) -> httpx.Response:
+    """:func:`_answer` as an ``httpx.MockTransport`` handler."""
+    out = _answer(request.url.path, json.loads(request.content))
+    return httpx.Response(404) if out is None else httpx.Response(200, json=out)
 
 
 class _FakeModels(BaseHTTPRequestHandler):
-    """ragserve's model wire (``--role models``): hash-seeded vectors, zero scores, and the
-    tokens of bge-small's own tokenizer (from the model cache)."""
+    """ragserve's model wire (``--role models``) over HTTP: :func:`_answer`."""
 
     protocol_version = "HTTP/1.1"
-    tokenizer: Any = None
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed ACK
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/v1/embeddings":
-            texts = body["input"]
-            data = [
-                {"index": i, "embedding": base64.b64encode(_vector(t)).decode()}
-                for i, t in enumerate(texts)
-            ]
-            n = sum(len(t) // 4 for t in texts)
-            out: Any = {"data": data, "model": body.get("model"),
-                        "usage": {"prompt_tokens": n, "total_tokens": n}}  # fmt: skip
-        elif self.path == "/v1/tokenize":  # the real route's wire format (api.schemas)
-            from ragserve.api.schemas import TokenizeOut
-            from ragserve.models.embedder import token_spans
-
-            spans = [token_spans(self.tokenizer, text) for text in body["input"]]
-            out = TokenizeOut.of(body.get("model") or "bge-small-en-v1.5", spans).model_dump()
-        elif self.path == "/v1/rerank":
-            out = {"results": [{"index": i, "logit": 0.0, "relevance_score": 0.5}
-                               for i in range(len(body["documents"]))]}  # fmt: skip
-        else:
+        out = _answer(self.path, body)
+        if out is None:
             self.send_error(404)
             return
         raw = json.dumps(out).encode()
@@ -109,12 +122,7 @@ class _FakeModels(BaseHTTPRequestHandler):
 
 def measure_server(args: argparse.Namespace, out: dict[str, Any]) -> None:
     """A real ``ragserve serve --role api`` process, its models on :class:`_FakeModels`."""
-    from ragserve.config import Settings
-    from ragserve.models.runtime import load_tokenizer
-
-    _FakeModels.tokenizer = load_tokenizer(
-        Settings().model_dir / "bge-small-en-v1.5" / "tokenizer.json"
-    )
+    _tokenizer()
     models = ThreadingHTTPServer(("127.0.0.1", 0), _FakeModels)
     threading.Thread(target=models.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{models.server_address[1]}"
@@ -126,13 +134,18 @@ def measure_server(args: argparse.Namespace, out: dict[str, Any]) -> None:
                "RAGSERVE_QUERY_CACHE_SIZE": "0", "HF_HUB_OFFLINE": "1", **settings}  # fmt: skip
         if args.src:  # another build's ragserve (e.g. `git archive main`) serves
             env["PYTHONPATH"] = str(Path(args.src).resolve())
-        with server([*ragserve_command(port), "--role", "api"], env) as api:
+        command = [*ragserve_command(port), "--role", "api"]
+        if args.python:  # another install's interpreter (e.g. a venv of `make install` only)
+            command[0] = args.python
+        with server(command, env) as api:
             time.sleep(1)
             out["ready_mb"] = round(api.rss_mb(), 1)
+            out["ready_parts_mb"] = rss_split_mb(api.proc.pid)
             out["ingest"] = ingest(api.url, scifact_docs(args.docs))
             out["right_after_ingest_mb"] = round(api.rss_mb(), 1)
             time.sleep(3)  # ragserve.memory trims 1 s after the last ingest request
             out["after_ingest_mb"] = round(api.rss_mb(), 1)
+            out["after_ingest_parts_mb"] = rss_split_mb(api.proc.pid)
             if os.environ.get("BENCH_SMAPS"):  # where it is, by mapping (investigation aid)
                 Path(os.environ["BENCH_SMAPS"]).write_text(
                     Path(f"/proc/{api.proc.pid}/smaps").read_text()
@@ -154,6 +167,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE")
     parser.add_argument("--server", action="store_true", help="a real `serve --role api`")
     parser.add_argument("--src", help="--server: the src/ directory of the build to run")
+    parser.add_argument("--python", help="--server: the interpreter that runs the api process")
     parser.add_argument("--c16-requests", type=int, default=1000, help="--server")
     args = parser.parse_args()
     if args.server:
@@ -161,7 +175,8 @@ def main() -> None:
             "machine": machine(),
             "command": "python -m bench.api_memory --server"
             + "".join(f" --setting {s}" for s in args.setting)
-            + (f" --src {args.src}" if args.src else ""),
+            + (f" --src {args.src}" if args.src else "")
+            + (f" --python {args.python}" if args.python else ""),
             "load_average_start": os.getloadavg()[0],
         }
         measure_server(args, out)
@@ -196,7 +211,7 @@ def main() -> None:
         service = RetrievalService.open(settings, load_models=False)
         remote = service.models.remote
         assert remote is not None
-        remote._transport = httpx.MockTransport(_embeddings)  # before the first client
+        remote._transport = httpx.MockTransport(_mock)  # before the first client
         service.load_models()
         out["ready_mb"] = round(rss_mb(pid), 1)
         service.create_collection("scifact")
@@ -205,6 +220,8 @@ def main() -> None:
             batch = [Document(id=d["id"], text=d["text"]) for d in docs[i : i + 64]]
             service.ingest("scifact", batch)
         out["chunks"] = service.store.get_collection("scifact").chunks
+        if out["chunks"] == 0:
+            raise SystemExit("the ingest stored nothing: see the log")
         del docs
         out["after_ingest_mb"] = round(rss_mb(pid), 1)
         trim(0)

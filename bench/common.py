@@ -72,6 +72,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_split_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` in its parts (MB): ``anon`` (the process's own memory), ``file`` (pages of
+    mapped files, mostly shared libraries: how many are mapped depends on the page cache, as the
+    kernel maps cached neighbours of a faulted page) and ``shmem``."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name = line.split(":", 1)[0] + ":"
+        if name in fields:
+            out[fields[name]] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
