@@ -2,7 +2,9 @@
 
 Run: ``python -m bench.store_bench`` (store figures) or
 ``python -m bench.store_bench --compare-libraries`` (hnswlib vs faiss vs voyager, same vectors;
-``--libraries`` picks among the installed ones, usearch too).
+``--libraries`` picks among the installed ones, usearch too), or
+``python -m bench.store_bench --exact-crossover`` (the dense search of a collection, exact scan
+against HNSW, at ``--sizes`` chunks: where ``RAGSERVE_EXACT_SEARCH_BELOW`` belongs).
 Prints JSON. Chunk texts are sentences of the SciFact corpus (read from
 ``/work/shared/eval/scifact``, never copied). Vectors: ``--vectors mixture`` (default) draws each
 as a random mixture of two real bge-small SciFact document embeddings plus noise (real
@@ -374,6 +376,46 @@ def store_bench(n: int, kind: str, per_doc: int, n_queries: int) -> dict[str, An
     return out
 
 
+def exact_crossover(sizes: list[int], kind: str, queries: int, k: int = 100) -> dict[str, Any]:
+    """Median ms of one dense search of ``k`` (what hybrid asks for), exact scan against HNSW,
+    at each size, as a serving process sees it: one BLAS thread (``RAGSERVE_BLAS_THREADS``) and
+    the CPU caches evicted between searches (by a 64 MB read: a request's other work and the
+    models run between two searches). ``row-major`` is the scan of a chunk-by-dimension matrix
+    (the layout before :class:`ExactIndex` stored columns), for comparison."""
+    from threadpoolctl import threadpool_limits
+
+    from ragserve.store.sqlite.ann import AnnParams, ExactIndex, HnswIndex
+
+    evict = np.ones(8 * 2**20)
+    out: dict[str, Any] = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for n in sizes:
+            vectors = make_vectors(n, kind, seed=n)
+            qs = unit(make_vectors(queries, kind, seed=n + 1) + 0.05)
+            keys = np.arange(n, dtype=np.int64)
+            exact, hnsw = ExactIndex(DIM), HnswIndex(DIM, AnnParams())
+            for lo in range(0, n, 5_000):
+                exact.add(keys[lo : lo + 5_000], vectors[lo : lo + 5_000])
+                hnsw.add(keys[lo : lo + 5_000], vectors[lo : lo + 5_000])
+            rows = np.ascontiguousarray(vectors)
+            runs: dict[str, Callable[[F32], Any]] = {
+                "exact": lambda q, exact=exact: exact.search(q, k),
+                "hnsw": lambda q, hnsw=hnsw: hnsw.search(q, k),
+                "row-major": lambda q, rows=rows: rows @ q,
+            }
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for q in qs:  # interleaved: the machine's noise falls on all three alike
+                for name, run in runs.items():
+                    evict.sum()
+                    t = time.perf_counter()
+                    run(q)
+                    times[name].append(time.perf_counter() - t)
+            out[str(n)] = {
+                f"{name}_ms": round(statistics.median(ts) * 1000, 3) for name, ts in times.items()
+            }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -386,12 +428,21 @@ def main() -> None:
         default=",".join(DEFAULT_LIBRARIES),
         help=f"for --compare-libraries, of {', '.join(LIBRARIES)} (installed ones only)",
     )
+    parser.add_argument("--exact-crossover", action="store_true")
+    parser.add_argument(
+        "--sizes", default="2500,5000,10000,15000,20000,30000,50000", help="--exact-crossover"
+    )
     parser.add_argument("--build-child", choices=LIBRARIES, help=argparse.SUPPRESS)
     parser.add_argument("--vectors-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_child:
         print(json.dumps(build_child(args.build_child, args.vectors_file, args.out)))
+        return
+    if args.exact_crossover:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        result = exact_crossover(sizes, args.vectors, args.queries)
+        print(json.dumps({"vectors": args.vectors, "queries": args.queries, "ms": result}))
         return
     if args.compare_libraries:
         names = [x for x in args.libraries.split(",") if x]

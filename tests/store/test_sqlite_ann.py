@@ -15,7 +15,8 @@ import pytest
 
 from ragserve.files import sha256_file
 from ragserve.store.sqlite import SqliteStore
-from ragserve.store.sqlite.ann import AnnParams, DenseIndex, HnswIndex
+from ragserve.store.sqlite.ann import AnnParams, DenseIndex, ExactIndex, HnswIndex
+from ragserve.store.sqlite.meta import AllowedChunks
 from ragserve.types import Chunk, Document
 from tests.fakes import random_unit
 from tests.store.test_sqlite_store import DIM, build, exact_ids, ids, open_ann
@@ -217,6 +218,43 @@ def test_a_new_index_is_empty_and_searchable() -> None:
     index.remove(np.array([5], dtype=np.int64))
     keys, _ = index.search(random_unit(1, 8, seed=2)[0], 5)
     assert keys.tolist() == [6]
+
+
+def test_the_exact_index_matches_a_brute_force_scan_through_adds_removes_and_growth() -> None:
+    """Columns grow (capacity doubling), removals move the last column into the hole, and keys
+    come back: after each step search, filtered search and vector reads equal a plain scan."""
+    rng = np.random.default_rng(7)
+    index = ExactIndex(8)
+    truth: dict[int, np.ndarray] = {}
+    for step in range(60):
+        new = rng.choice(400, size=int(rng.integers(1, 30)), replace=False).astype(np.int64)
+        vectors = rng.standard_normal((len(new), 8)).astype(np.float32) * 3  # not unit
+        index.add(new, vectors)
+        for key, v in zip(new.tolist(), vectors, strict=True):
+            truth[key] = v / np.linalg.norm(v)
+        gone = rng.choice(sorted(truth), size=min(len(truth), int(rng.integers(0, 15))))
+        index.remove(np.unique(gone).astype(np.int64))
+        for key in np.unique(gone).tolist():
+            truth.pop(key)
+        keys = np.array(sorted(truth), dtype=np.int64)
+        matrix = np.stack([truth[k] for k in keys.tolist()])
+        assert len(index) == len(keys) and sorted(index.keys().tolist()) == keys.tolist()
+        q = random_unit(1, 8, seed=step)[0]
+        got_keys, got_scores = index.search(q, 10)
+        expected = matrix @ q
+        order = np.lexsort((keys, -expected))[:10]
+        assert got_keys.tolist() == keys[order].tolist()
+        assert got_scores == pytest.approx(expected[order], abs=1e-5)
+        mask = np.zeros(400, dtype=bool)
+        mask[keys[::3]] = True
+        got_keys, _ = index.search_allowed(q, 5, AllowedChunks(mask, int(mask.sum())))
+        allowed = keys[::3]
+        scores = matrix[::3] @ q
+        assert got_keys.tolist() == allowed[np.lexsort((allowed, -scores))[:5]].tolist()
+        probe = np.array([*keys[:4].tolist(), 999], dtype=np.int64)  # 999: never added
+        kept, read = index.vectors(probe)
+        assert kept.tolist() == keys[:4].tolist()
+        assert read == pytest.approx(matrix[:4], abs=1e-6)
 
 
 def test_adding_a_key_again_replaces_its_vector() -> None:
