@@ -201,7 +201,7 @@ class SqliteStore(SearchByRefs):
         self,
         data_dir: Path,
         *,
-        exact_search_below: int = 5_000,
+        exact_search_below: int = 10_000,
         ann_params: ann.AnnParams | None = None,
         synchronous: Literal["NORMAL", "FULL"] = "FULL",
         lexical_index: Literal["tantivy", "fts5"] = "tantivy",
