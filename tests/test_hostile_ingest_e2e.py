@@ -98,6 +98,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
         "RAGSERVE_SEARCH_WORKERS": "64",
         "RAGSERVE_EMBEDDINGS_WORKERS": "16",
         "RAGSERVE_PARSE_TIMEOUT": "120",  # the outcome is tested here, not the time limit
+        # Nor the request deadline: a hundred reranks at once on a loaded 2-core machine can
+        # take longer than the default 5 s, and admission then answers some of them 429.
+        "RAGSERVE_REQUEST_DEADLINE": "120",
     }
     with server(ragserve_command(port), env, log=tmp / "server.log") as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
