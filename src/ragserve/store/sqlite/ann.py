@@ -125,7 +125,7 @@ def unhuge_zeros(rows: int, columns: int) -> Vectors:
     refused where the platform has them. numpy asks for huge pages on large arrays; a growable
     matrix with spare capacity at the end of every row would then be resident whole (each 2 MB
     page touched somewhere): 25 MB instead of 15 MB for 9,854 384-d vectors in 16,384 columns.
-    Pages never written stay unresident. The scan is ~3 % slower without huge pages."""
+    Pages never written stay unresident. The scan is 4-10 % slower without huge pages."""
     if rows * columns == 0:
         return np.zeros((rows, columns), dtype=np.float32)
     size = rows * columns * 4
