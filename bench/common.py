@@ -64,25 +64,31 @@ def free_port() -> int:
         return port
 
 
+def _status_kb(pid: int) -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/PID/status`` (``VmRSS``, ``RssAnon``, ...)."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.endswith(" kB"):
+            out[name] = int(value.split()[0])
+    return out
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    kb = _status_kb(pid).get("VmRSS")
+    return float("nan") if kb is None else kb / 1024
 
 
 def rss_split_mb(pid: int) -> dict[str, float]:
     """``VmRSS`` in its parts (MB): ``anon`` (the process's own memory), ``file`` (pages of
     mapped files, mostly shared libraries: how many are mapped depends on the page cache, as the
     kernel maps cached neighbours of a faulted page) and ``shmem``."""
-    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name = line.split(":", 1)[0] + ":"
-        if name in fields:
-            out[fields[name]] = round(int(line.split()[1]) / 1024, 1)
-    return out
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    status = _status_kb(pid)
+    return {
+        label: round(status[name] / 1024, 1) for name, label in fields.items() if name in status
+    }
 
 
 def machine() -> str:
