@@ -5,10 +5,10 @@
   (``RAGSERVE_EMBEDDER_URL``, ``RAGSERVE_RERANKER_URL``) run on that model server and are never
   loaded here (a ragserve model server also gives the tokens chunks are cut in; with TEI,
   Infinity or vLLM the embedder's tokenizer is loaded here for that).
-* ``models``: only ``/v1/embeddings``, ``/v1/rerank``, health and metrics; it opens no store and
-  no control database (no scoped keys, no jobs: the global ``RAGSERVE_API_KEYS`` guard it) and
-  writes nothing, so any number of them can run beside the API replicas (or be replaced by TEI
-  or Infinity).
+* ``models``: only ``/v1/embeddings``, ``/v1/tokenize``, ``/v1/rerank``, health and metrics;
+  it opens no store and no control database (no scoped keys, no jobs: the global
+  ``RAGSERVE_API_KEYS`` guard it) and writes nothing, so any number of them can run beside the
+  API replicas (or be replaced by TEI or Infinity).
 
 At start-up an ``api`` process asks its model servers for one embedding and one score: a server
 that answers with another dimension or another model name stops the start (the collections'
